@@ -1,0 +1,777 @@
+"""Podium's settings: one frozen object, built once, passed explicitly.
+
+Every tunable of a node is a field of :class:`Settings`. The entry point builds
+it with :meth:`Settings.from_sources` and hands it down; nothing else in Podium
+reads ``os.environ``, so tests construct whatever settings they need.
+
+Values come from three places, the first that has one wins:
+
+1. ``PODIUM_*`` environment variables (always strings),
+2. a TOML file whose keys are the field names (``http_port = 9000``),
+3. the defaults declared on the fields.
+
+Each field declares its environment variable, parser, one-line description and
+whether it is secret exactly once, in its ``metadata``; :func:`describe` exposes
+that table so ``podium config``, ``--help`` and the README are generated from
+it rather than kept in step by hand.
+
+A :class:`Settings` instance is always valid: construction, :meth:`~Settings.replace`
+and :meth:`~Settings.from_sources` all run the same per-field parsers and the
+cross-field rules. Everything wrong is reported as a :exc:`SettingsError`
+whose message is one line naming the variable and what it accepts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import re
+import tomllib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, Self
+
+__all__ = ["SettingInfo", "Settings", "SettingsError", "describe"]
+
+_ENV_PREFIX: Final = "PODIUM_"
+_META_KEY: Final = "podium.setting"
+# Error messages echo the offending value so the operator can see the typo;
+# a pasted certificate or similar should not flood the log line.
+_MAX_SHOWN_CHARS: Final = 100
+
+
+class SettingsError(Exception):
+    """The environment or settings file asks for something Podium can't do.
+
+    ``str(err)`` is a single line naming the variable (and the file, for TOML
+    keys) and what it accepts, suitable for printing before exiting. Secret
+    values never appear in it.
+    """
+
+
+class _Invalid(Exception):
+    """Raised by a converter; the caller knows what was expected and where."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Kind:
+    """How one kind of setting is parsed.
+
+    ``convert`` takes an environment string or a native TOML/Python value and
+    returns the typed value, or raises :exc:`_Invalid`. It must be idempotent:
+    converting an already converted value returns an equal value, because
+    ``Settings.__post_init__`` re-validates what ``from_sources`` parsed.
+    """
+
+    type_name: str
+    expected: str
+    convert: Callable[[object], object]
+
+
+@dataclass(frozen=True, slots=True)
+class _Spec:
+    env: str
+    kind: _Kind
+    doc: str
+    secret: bool
+    # Applied to the value in redacted() output and error messages; None for
+    # most fields, which are shown as they are.
+    redact: Callable[[str], str] | None
+
+
+def _setting(
+    *,
+    env: str,
+    parse: _Kind,
+    doc: str,
+    secret: bool = False,
+    redact: Callable[[str], str] | None = None,
+) -> Mapping[str, _Spec]:
+    """Build a field's ``metadata``: the single place a setting is described."""
+    if "\n" in doc:
+        raise ValueError(f"description of {env} must be one line")
+    return {_META_KEY: _Spec(env=env, kind=parse, doc=doc, secret=secret, redact=redact)}
+
+
+# --- parsers ----------------------------------------------------------------
+
+_INT_RE: Final = re.compile(r"-?[0-9]+")
+# Plain decimal notation only: float() would also take "nan", "inf", "1_0" and
+# surrounding whitespace, none of which an operator means on purpose.
+_FLOAT_RE: Final = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_BOOL_WORDS: Final[Mapping[str, bool]] = {
+    "1": True,
+    "true": True,
+    "yes": True,
+    "on": True,
+    "0": False,
+    "false": False,
+    "no": False,
+    "off": False,
+}
+_NODE_ID_RE: Final = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_SECRET_MIN_CHARS: Final = 16
+
+
+def _integer(low: int, high: int) -> _Kind:
+    def convert(raw: object) -> int:
+        # bool is an int subclass; `http_port = true` in TOML is a mistake.
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            value = raw
+        elif isinstance(raw, str) and _INT_RE.fullmatch(raw):
+            try:
+                value = int(raw)
+            except ValueError:  # longer than int()'s digit limit
+                raise _Invalid from None
+        else:
+            raise _Invalid
+        if not low <= value <= high:
+            raise _Invalid
+        return value
+
+    return _Kind("int", f"an integer from {low} to {high}", convert)
+
+
+def _number(low: float, high: float, *, low_exclusive: bool = False) -> _Kind:
+    def convert(raw: object) -> float:
+        if isinstance(raw, str):
+            if not _FLOAT_RE.fullmatch(raw):
+                raise _Invalid
+            value = float(raw)
+        elif isinstance(raw, int | float) and not isinstance(raw, bool):
+            value = float(raw)
+        else:
+            raise _Invalid
+        too_low = value <= low if low_exclusive else value < low
+        if not math.isfinite(value) or too_low or value > high:
+            raise _Invalid
+        return value
+
+    if low_exclusive:
+        expected = f"a number greater than {low:g} and at most {high:g}"
+    else:
+        expected = f"a number from {low:g} to {high:g}"
+    return _Kind("float", expected, convert)
+
+
+def _boolean() -> _Kind:
+    def convert(raw: object) -> bool:
+        if isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str) and raw.lower() in _BOOL_WORDS:
+            return _BOOL_WORDS[raw.lower()]
+        raise _Invalid
+
+    return _Kind("bool", "one of 1, 0, true, false, yes, no, on, off", convert)
+
+
+def _choice(*options: str) -> _Kind:
+    def convert(raw: object) -> str:
+        if isinstance(raw, str) and raw.lower() in options:
+            return raw.lower()
+        raise _Invalid
+
+    return _Kind("str", "one of " + ", ".join(options), convert)
+
+
+def _url(*schemes: str) -> _Kind:
+    prefixes = tuple(f"{scheme}://" for scheme in schemes)
+
+    def convert(raw: object) -> str:
+        if (
+            isinstance(raw, str)
+            and raw.startswith(prefixes)
+            and raw not in prefixes
+            and raw.isprintable()
+            and not any(ch.isspace() for ch in raw)
+        ):
+            return raw
+        raise _Invalid
+
+    *rest, last = prefixes
+    listed = f"{', '.join(rest)} or {last}" if rest else last
+    return _Kind("str", f"a URL starting with {listed}", convert)
+
+
+def _path() -> _Kind:
+    def convert(raw: object) -> Path:
+        if isinstance(raw, Path):
+            return raw
+        # NUL can't be in a file name; better to say so now than at first open().
+        if isinstance(raw, str) and raw and "\x00" not in raw:
+            return Path(raw)
+        raise _Invalid
+
+    return _Kind("Path", "a non-empty path", convert)
+
+
+def _secret() -> _Kind:
+    def convert(raw: object) -> str:
+        # Surrounding whitespace is almost always a copy-paste accident, and a
+        # secret that silently differs between two nodes is miserable to debug.
+        if isinstance(raw, str) and len(raw) >= _SECRET_MIN_CHARS and raw == raw.strip():
+            return raw
+        raise _Invalid
+
+    return _Kind(
+        "str",
+        f"a secret of at least {_SECRET_MIN_CHARS} characters with no surrounding whitespace",
+        convert,
+    )
+
+
+def _host() -> _Kind:
+    def convert(raw: object) -> str:
+        if (
+            isinstance(raw, str)
+            and raw
+            and raw.isprintable()
+            and not any(ch.isspace() for ch in raw)
+        ):
+            return raw
+        raise _Invalid
+
+    return _Kind("str", "a non-empty host name or IP address", convert)
+
+
+def _node_id() -> _Kind:
+    def convert(raw: object) -> str:
+        if isinstance(raw, str) and _NODE_ID_RE.fullmatch(raw):
+            return raw
+        raise _Invalid
+
+    return _Kind("str", "1 to 64 characters from A-Z, a-z, 0-9, '.', '_' and '-'", convert)
+
+
+# --- redaction ----------------------------------------------------------------
+
+_HIDDEN: Final = "***"
+_QUERY_PASSWORD_RE: Final = re.compile(r"([?&]password=)[^&#]*")
+
+
+def _hide_url_password(url: str) -> str:
+    """Replace the password in ``url``'s userinfo and ``?password=`` query with ``***``.
+
+    Works on the text rather than through urllib so that a malformed URL (the
+    kind that ends up in an error message) is still redacted, not rejected.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return _QUERY_PASSWORD_RE.sub(rf"\g<1>{_HIDDEN}", url)
+    end = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
+    authority, tail = rest[:end], rest[end:]
+    userinfo, at, hostport = authority.rpartition("@")
+    if at:
+        user, colon, _password = userinfo.partition(":")
+        if colon:
+            authority = f"{user}:{_HIDDEN}@{hostport}"
+    tail = _QUERY_PASSWORD_RE.sub(rf"\g<1>{_HIDDEN}", tail)
+    return f"{scheme}://{authority}{tail}"
+
+
+# --- the settings ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything a Podium node can be configured with.
+
+    Build it with :meth:`from_sources` at start-up; construct it directly (all
+    fields have defaults) in tests. Every instance is valid: the constructor
+    parses each field and checks the cross-field rules, raising
+    :exc:`SettingsError` otherwise. Values given in the wrong but parseable
+    form are normalized (``log_level="INFO"`` becomes ``"info"``, a ``str``
+    ``data_dir`` becomes a :class:`~pathlib.Path`).
+
+    ``repr()`` hides secrets; use :meth:`redacted` or :meth:`to_toml` to show
+    settings to a human.
+    """
+
+    bind_host: str = field(
+        default="127.0.0.1",
+        metadata=_setting(
+            env="PODIUM_BIND_HOST",
+            parse=_host(),
+            doc="Address the HTTP and WebSocket listeners bind",
+        ),
+    )
+    http_port: int = field(
+        default=8000,
+        metadata=_setting(
+            env="PODIUM_HTTP_PORT",
+            parse=_integer(0, 65535),
+            doc="TCP port of the HTTP listener; 0 picks a free port",
+        ),
+    )
+    ws_port: int = field(
+        default=8001,
+        metadata=_setting(
+            env="PODIUM_WS_PORT",
+            parse=_integer(0, 65535),
+            doc="TCP port of the WebSocket listener; 0 picks a free port",
+        ),
+    )
+    data_dir: Path = field(
+        default=Path(".podium"),
+        metadata=_setting(
+            env="PODIUM_DATA_DIR",
+            parse=_path(),
+            doc="Where `podium dev` keeps its Redis/PostgreSQL data and generated secrets",
+        ),
+    )
+    redis_url: str | None = field(
+        default=None,
+        metadata=_setting(
+            env="PODIUM_REDIS_URL",
+            parse=_url("redis", "rediss", "unix"),
+            doc="Redis to use; unset under `podium dev` means an embedded Redis",
+            redact=_hide_url_password,
+        ),
+    )
+    database_url: str | None = field(
+        default=None,
+        metadata=_setting(
+            env="PODIUM_DATABASE_URL",
+            parse=_url("postgresql", "postgres"),
+            doc="PostgreSQL to use; unset under `podium dev` means an embedded PostgreSQL",
+            redact=_hide_url_password,
+        ),
+    )
+    jwt_secret: str | None = field(
+        default=None,
+        metadata=_setting(
+            env="PODIUM_JWT_SECRET",
+            parse=_secret(),
+            doc="Key that verifies players' JWTs",
+            secret=True,
+        ),
+    )
+    service_key: str | None = field(
+        default=None,
+        metadata=_setting(
+            env="PODIUM_SERVICE_KEY",
+            parse=_secret(),
+            doc="Shared secret identifying trusted server-side callers",
+            secret=True,
+        ),
+    )
+    action_key: str | None = field(
+        default=None,
+        metadata=_setting(
+            env="PODIUM_ACTION_KEY",
+            parse=_secret(),
+            doc="Key that signs and verifies single-use action tokens",
+            secret=True,
+        ),
+    )
+    admin_token: str | None = field(
+        default=None,
+        metadata=_setting(
+            env="PODIUM_ADMIN_TOKEN",
+            parse=_secret(),
+            doc="Bearer token for the admin endpoints",
+            secret=True,
+        ),
+    )
+    node_id: str | None = field(
+        default=None,
+        metadata=_setting(
+            env="PODIUM_NODE_ID",
+            parse=_node_id(),
+            doc="Names this node in logs, metrics and the WebSocket welcome; unset = hostname-pid",
+        ),
+    )
+    log_level: str = field(
+        default="info",
+        metadata=_setting(
+            env="PODIUM_LOG_LEVEL",
+            parse=_choice("debug", "info", "warning", "error"),
+            doc="Least severe log level written",
+        ),
+    )
+    log_format: str = field(
+        default="json",
+        metadata=_setting(
+            env="PODIUM_LOG_FORMAT",
+            parse=_choice("json", "text"),
+            doc="Log line format: one JSON object per line, or text for humans",
+        ),
+    )
+    graceful_timeout_s: float = field(
+        default=10.0,
+        metadata=_setting(
+            env="PODIUM_GRACEFUL_TIMEOUT_S",
+            parse=_number(0, 300, low_exclusive=True),
+            doc="Seconds a stopping node waits for in-flight work before cancelling it",
+        ),
+    )
+    migrate_on_start: bool = field(
+        default=True,
+        metadata=_setting(
+            env="PODIUM_MIGRATE_ON_START",
+            parse=_boolean(),
+            doc="Apply pending database migrations when the node starts",
+        ),
+    )
+    pg_pool_min_size: int = field(
+        default=2,
+        metadata=_setting(
+            env="PODIUM_PG_POOL_MIN_SIZE",
+            parse=_integer(1, 100),
+            doc="PostgreSQL connections kept open even when idle",
+        ),
+    )
+    pg_pool_max_size: int = field(
+        default=10,
+        metadata=_setting(
+            env="PODIUM_PG_POOL_MAX_SIZE",
+            parse=_integer(1, 200),
+            doc="Most PostgreSQL connections open at once; at least PODIUM_PG_POOL_MIN_SIZE",
+        ),
+    )
+    pg_command_timeout_s: float = field(
+        default=5.0,
+        metadata=_setting(
+            env="PODIUM_PG_COMMAND_TIMEOUT_S",
+            parse=_number(0, 120, low_exclusive=True),
+            doc="Seconds one PostgreSQL command may take before it fails",
+        ),
+    )
+    redis_timeout_s: float = field(
+        default=2.0,
+        metadata=_setting(
+            env="PODIUM_REDIS_TIMEOUT_S",
+            parse=_number(0, 60, low_exclusive=True),
+            doc="Seconds one Redis command may take before it fails",
+        ),
+    )
+    ws_max_connections: int = field(
+        default=10000,
+        metadata=_setting(
+            env="PODIUM_WS_MAX_CONNECTIONS",
+            parse=_integer(1, 1_000_000),
+            doc="WebSocket connections this node accepts before refusing new ones",
+        ),
+    )
+    ws_max_message_bytes: int = field(
+        default=16384,
+        metadata=_setting(
+            env="PODIUM_WS_MAX_MESSAGE_BYTES",
+            parse=_integer(256, 1_048_576),
+            doc="Largest WebSocket message accepted from a client",
+        ),
+    )
+    ws_heartbeat_s: float = field(
+        default=15.0,
+        metadata=_setting(
+            env="PODIUM_WS_HEARTBEAT_S",
+            parse=_number(1, 300),
+            doc="Seconds between WebSocket pings",
+        ),
+    )
+    ws_outbox_size: int = field(
+        default=64,
+        metadata=_setting(
+            env="PODIUM_WS_OUTBOX_SIZE",
+            parse=_integer(1, 10_000),
+            doc="Frames queued per WebSocket before it is closed as too slow",
+        ),
+    )
+    http_max_body_bytes: int = field(
+        default=16384,
+        metadata=_setting(
+            env="PODIUM_HTTP_MAX_BODY_BYTES",
+            parse=_integer(256, 1_048_576),
+            doc="Largest HTTP request body accepted",
+        ),
+    )
+    actor_restart_max: int = field(
+        default=5,
+        metadata=_setting(
+            env="PODIUM_ACTOR_RESTART_MAX",
+            parse=_integer(0, 1000),
+            doc="Actor restarts allowed within the restart window before the node stops",
+        ),
+    )
+    actor_restart_window_s: float = field(
+        default=60.0,
+        metadata=_setting(
+            env="PODIUM_ACTOR_RESTART_WINDOW_S",
+            parse=_number(0, 3600, low_exclusive=True),
+            doc="Length in seconds of the window PODIUM_ACTOR_RESTART_MAX counts over",
+        ),
+    )
+    actor_backoff_initial_s: float = field(
+        default=0.1,
+        metadata=_setting(
+            env="PODIUM_ACTOR_BACKOFF_INITIAL_S",
+            parse=_number(0, 60, low_exclusive=True),
+            doc="Seconds before the first restart of a crashed actor",
+        ),
+    )
+    actor_backoff_max_s: float = field(
+        default=5.0,
+        metadata=_setting(
+            env="PODIUM_ACTOR_BACKOFF_MAX_S",
+            parse=_number(0, 600, low_exclusive=True),
+            doc="Longest wait before restarting an actor; at least PODIUM_ACTOR_BACKOFF_INITIAL_S",
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        for name, row in _TABLE.items():
+            raw = getattr(self, name)
+            value = _parse(row, raw, context=f"{name} ({row.spec.env})")
+            if value is not raw:
+                # Frozen: the only way to store the normalized value.
+                object.__setattr__(self, name, value)
+        self._check_cross_field_rules()
+
+    def _check_cross_field_rules(self) -> None:
+        _require_at_least(self, "pg_pool_max_size", "pg_pool_min_size")
+        _require_at_least(self, "actor_backoff_max_s", "actor_backoff_initial_s")
+        # Both listeners bind bind_host; the same fixed port would only fail
+        # later, at bind time, with a less helpful message.
+        if self.ws_port != 0 and self.ws_port == self.http_port:
+            ws, http = _TABLE["ws_port"].spec.env, _TABLE["http_port"].spec.env
+            raise _error(
+                f"{ws}={self.ws_port} is invalid: expected 0 or a port other than "
+                f"{http} ({self.http_port})"
+            )
+
+    @classmethod
+    def from_sources(cls, environ: Mapping[str, str], toml_path: Path | None = None) -> Self:
+        """Build settings from ``environ``, then ``toml_path``, then the defaults.
+
+        ``environ`` is usually ``os.environ``; only keys starting with
+        ``PODIUM_`` are looked at, and every one of them must be a known
+        setting. ``toml_path``, if given, must exist and hold a flat table whose
+        keys are field names. Every value present in either source is
+        validated, including TOML values the environment overrides.
+
+        Raises:
+          SettingsError: if a source has an unknown key, an invalid value, the
+            values break a cross-field rule, or the file can't be read or parsed.
+        """
+        by_env = {row.spec.env: name for name, row in _TABLE.items()}
+        for key in sorted(environ):
+            if key.startswith(_ENV_PREFIX) and key not in by_env:
+                known = [env.removeprefix(_ENV_PREFIX) for env in by_env]
+                raise _error(
+                    f"{key} is not a known setting"
+                    + _suggest(key.removeprefix(_ENV_PREFIX), known, prefix=_ENV_PREFIX)
+                )
+
+        values: dict[str, Any] = {}
+        if toml_path is not None:
+            for key, raw in _load_toml(Path(toml_path)).items():
+                if key not in _TABLE:
+                    raise _error(
+                        f"{key} in {toml_path} is not a known setting" + _suggest(key, _TABLE)
+                    )
+                row = _TABLE[key]
+                values[key] = _parse(row, raw, context=f"{key} ({row.spec.env})", where=toml_path)
+        for name, row in _TABLE.items():
+            if row.spec.env in environ:
+                values[name] = _parse(row, environ[row.spec.env], context=row.spec.env)
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Self:
+        """Return a copy with ``changes`` applied and validated like a fresh instance.
+
+        Raises:
+          SettingsError: if a new value is invalid or breaks a cross-field rule.
+          TypeError: if a keyword is not a field name.
+        """
+        return dataclasses.replace(self, **changes)
+
+    def redacted(self) -> dict[str, object]:
+        """Return field name → value, safe to log or print.
+
+        Secret fields are ``"***"`` when set and ``None`` when unset; passwords
+        inside URLs are replaced by ``***``. Other values keep their types
+        (``data_dir`` stays a :class:`~pathlib.Path`).
+        """
+        shown: dict[str, object] = {}
+        for name, row in _TABLE.items():
+            value = getattr(self, name)
+            if value is not None and row.spec.secret:
+                value = _HIDDEN
+            elif isinstance(value, str) and row.spec.redact is not None:
+                value = row.spec.redact(value)
+            shown[name] = value
+        return shown
+
+    def to_toml(self) -> str:
+        """Return the redacted settings as a commented TOML document.
+
+        This is what ``podium config`` prints. Each key has a comment line above
+        it naming its environment variable and saying what it does; unset
+        optional settings appear as ``# key = (unset)`` so the output is still
+        valid TOML. When no secrets or URL passwords are set, feeding the output
+        back through :meth:`from_sources` gives equal settings.
+        """
+        lines = [
+            "# Podium settings. Secrets and URL passwords are shown as ***.",
+            "# PODIUM_* environment variables override the values in this file.",
+        ]
+        for name, value in self.redacted().items():
+            lines.append("")
+            spec = _TABLE[name].spec
+            lines.append(f"# {spec.env}: {spec.doc}")
+            if value is None:
+                lines.append(f"# {name} = (unset)")
+            else:
+                lines.append(f"{name} = {_toml_value(value)}")
+        return "\n".join(lines) + "\n"
+
+    def __repr__(self) -> str:
+        # The generated repr would print secrets into any log or traceback.
+        shown = ", ".join(f"{name}={value!r}" for name, value in self.redacted().items())
+        return f"{type(self).__name__}({shown})"
+
+
+@dataclass(frozen=True, slots=True)
+class SettingInfo:
+    """One row of the settings table, for generating docs and ``--help``.
+
+    ``type_name`` is the field's Python type (``"int"``, ``"str | None"``);
+    ``accepts`` says which values parse (``"an integer from 0 to 65535"``);
+    ``default_repr`` is the default as you would write it in the environment,
+    or ``"(unset)"``.
+    """
+
+    name: str
+    env: str
+    type_name: str
+    default_repr: str
+    description: str
+    secret: bool
+    accepts: str
+
+
+def describe() -> list[SettingInfo]:
+    """Return every setting, in declaration order."""
+    return [
+        SettingInfo(
+            name=name,
+            env=row.spec.env,
+            type_name=row.spec.kind.type_name + (" | None" if row.optional else ""),
+            default_repr="(unset)" if row.optional else _env_text(row.default),
+            description=row.spec.doc,
+            secret=row.spec.secret,
+            accepts=row.spec.kind.expected,
+        )
+        for name, row in _TABLE.items()
+    ]
+
+
+# --- helpers ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Row:
+    spec: _Spec
+    default: object
+    # Optional settings default to None and take "" to mean unset.
+    optional: bool
+
+
+# Field name -> row, in declaration order; built from the dataclass itself so
+# the field list exists exactly once.
+_TABLE: Final[Mapping[str, _Row]] = {
+    f.name: _Row(spec=f.metadata[_META_KEY], default=f.default, optional=f.default is None)
+    for f in dataclasses.fields(Settings)
+}
+
+
+def _parse(row: _Row, raw: object, *, context: str, where: Path | None = None) -> object:
+    """Convert one raw value, or raise a :exc:`SettingsError` naming ``context``."""
+    # An empty environment variable is the usual way to unset something
+    # without editing the deployment's variable list.
+    if row.optional and (raw is None or raw == ""):
+        return None
+    try:
+        return row.spec.kind.convert(raw)
+    except _Invalid:
+        location = f" in {where}" if where is not None else ""
+        raise _error(
+            f"{context}={_show(row.spec, raw)}{location} is invalid: "
+            f"expected {row.spec.kind.expected}"
+        ) from None
+
+
+def _show(spec: _Spec, raw: object) -> str:
+    """Render a rejected value for an error message without leaking secrets."""
+    if spec.secret:
+        return f"<hidden, {len(raw)} characters>" if isinstance(raw, str) else "<hidden>"
+    if isinstance(raw, str) and spec.redact is not None:
+        raw = spec.redact(raw)
+    shown = repr(str(raw) if isinstance(raw, Path) else raw)
+    if len(shown) > _MAX_SHOWN_CHARS:
+        shown = shown[: _MAX_SHOWN_CHARS - 3] + "..."
+    return shown
+
+
+def _require_at_least(settings: Settings, name: str, lower_name: str) -> None:
+    value, lower = getattr(settings, name), getattr(settings, lower_name)
+    if value < lower:
+        raise _error(
+            f"{_TABLE[name].spec.env}={value!r} is invalid: expected at least "
+            f"{_TABLE[lower_name].spec.env} ({lower!r})"
+        )
+
+
+def _suggest(word: str, candidates: Iterable[str], *, prefix: str = "") -> str:
+    matches = difflib.get_close_matches(word, list(candidates), n=1)
+    return f"; did you mean {prefix}{matches[0]}?" if matches else ""
+
+
+def _load_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as file:
+            return tomllib.load(file)
+    except OSError as exc:
+        raise _error(f"cannot read settings file {path}: {exc.strerror or exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise _error(f"settings file {path} is not valid TOML: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise _error(f"settings file {path} is not valid TOML: not UTF-8 ({exc.reason})") from exc
+
+
+def _error(message: str) -> SettingsError:
+    # Callers print str(err) as one line; a path or value with a newline in it
+    # must not break that.
+    return SettingsError(message.replace("\r", "\\r").replace("\n", "\\n"))
+
+
+def _env_text(value: object) -> str:
+    """``value`` as it would be written in a ``PODIUM_*`` variable."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        # repr of a finite float is valid TOML ("10.0", "1e-05", "1e+20").
+        return repr(value)
+    if isinstance(value, str | Path):
+        return _toml_string(str(value))
+    raise TypeError(f"no TOML form for {type(value).__name__}")
+
+
+def _toml_string(text: str) -> str:
+    out = []
+    for ch in text:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'

@@ -1,0 +1,110 @@
+"""The Quart HTTP surface: health, readiness, metrics, and (later) the v1 API.
+
+Every error leaves as the shared body ``{"error": {"code", "message"}}``
+with the status from :data:`protocol.errors.HTTP_STATUS`; an unexpected
+exception is logged with its traceback and answered with a bare 500
+``internal_error`` — the client never sees a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import trio
+from quart import Response, jsonify
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from protocol.errors import INTERNAL_ERROR_CODE, PodiumError, error_body, http_status
+
+if TYPE_CHECKING:
+    from server.node import NodeServices
+
+log = logging.getLogger(__name__)
+
+_READY_CHECK_TIMEOUT_S = 2.0
+
+# Werkzeug's HTTP errors, renamed into our codes.
+_HTTP_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+
+
+def _error_response(status: int, code: str, message: str) -> Response:
+    response = jsonify(error_body(code, message))
+    response.status_code = status
+    return response
+
+
+def create_app(services: NodeServices) -> QuartTrio:
+    """The Quart app of one node, bound to its services."""
+    app = QuartTrio("podium")
+    app.config.update(
+        MAX_CONTENT_LENGTH=services.settings.http_max_body_bytes,
+        JSON_SORT_KEYS=False,
+        PROVIDE_AUTOMATIC_OPTIONS=False,
+    )
+
+    @app.errorhandler(PodiumError)
+    async def _podium_error(error: PodiumError) -> Response:
+        response = _error_response(http_status(error), error.code, error.message)
+        retry_after = getattr(error, "retry_after_s", None)
+        if retry_after is not None:
+            response.headers["Retry-After"] = str(max(1, round(retry_after)))
+        return response
+
+    @app.errorhandler(HTTPException)
+    async def _http_error(error: HTTPException) -> Response:
+        status = error.code or 500
+        code = _HTTP_CODES.get(status, "http_error")
+        message = (error.description or error.name).strip()
+        return _error_response(status, code, message)
+
+    @app.errorhandler(Exception)
+    async def _unexpected(error: Exception) -> Response:
+        log.error("unhandled error in request", exc_info=error)
+        return _error_response(500, INTERNAL_ERROR_CODE, "internal error; it has been logged")
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        """Liveness: the process answers."""
+        return {"status": "ok", "node_id": services.node_id}
+
+    @app.get("/readyz")
+    async def readyz() -> tuple[dict[str, Any], int]:
+        """Readiness: Redis answers, PostgreSQL answers, migrations are current."""
+        checks = await services.readiness()
+        ready = all(check == "ok" for check in checks.values())
+        services.metrics.ready.set(1 if ready else 0)
+        body: dict[str, Any] = {"status": "ready" if ready else "not_ready", "checks": checks}
+        if not ready:
+            failing = ", ".join(
+                f"{name}: {value}" for name, value in checks.items() if value != "ok"
+            )
+            body |= error_body("not_ready", f"node is not ready ({failing})")
+        return body, 200 if ready else 503
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        from server.metrics import CONTENT_TYPE
+
+        return Response(services.metrics.render(), content_type=CONTENT_TYPE)
+
+    return app
+
+
+async def check_with_timeout(check: Any) -> str:
+    """Run one readiness probe; "ok", or a short reason."""
+    try:
+        with trio.fail_after(_READY_CHECK_TIMEOUT_S):
+            result = await check()
+    except trio.TooSlowError:
+        return f"timed out after {_READY_CHECK_TIMEOUT_S:g} s"
+    except PodiumError as exc:
+        return exc.message
+    return "ok" if result is None else str(result)

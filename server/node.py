@@ -1,0 +1,214 @@
+"""One Podium node: the stores, the supervised actors and the listeners, nested.
+
+The nesting *is* the shutdown order::
+
+    trio-asyncio loop
+    └── Redis adapter, PostgreSQL adapter (+ migrations)
+        └── Supervisor: actors in start order, then the HTTP server, then
+            the WebSocket listener — stopped in reverse under one deadline
+
+so the listeners stop taking work first, in-flight work finishes, and the
+stores close last.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from dataclasses import dataclass, field
+
+import trio
+import trio_asyncio
+
+from actors.supervisor import ActorFailed, ChildSpec, RestartWithBackoff, StopNode, Supervisor
+from config import Settings
+from server.http_app import check_with_timeout, create_app
+from server.http_server import HttpServer
+from server.metrics import NodeMetrics
+from server.migrations import Migration, load_migrations
+from server.stores.pg_store import PostgresStore, open_postgres
+from server.stores.redis_store import RedisStore, open_redis
+from server.ws_listener import WsListener
+
+log = logging.getLogger(__name__)
+
+
+def default_node_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeAddress:
+    """Where a running node listens."""
+
+    host: str
+    http_port: int
+    ws_port: int
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.host}:{self.http_port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{self.host}:{self.ws_port}/v1/ws"
+
+
+@dataclass(slots=True)
+class NodeServices:
+    """What the HTTP and WebSocket edges of one node share."""
+
+    settings: Settings
+    node_id: str
+    redis: RedisStore
+    postgres: PostgresStore
+    metrics: NodeMetrics
+    migrations: tuple[Migration, ...]
+    draining: trio.Event = field(default_factory=trio.Event)
+
+    async def readiness(self) -> dict[str, str]:
+        """Each readiness check's result: "ok" or why not."""
+
+        async def migrations_current() -> str | None:
+            state = await self.postgres.migration_status(self.migrations)
+            if state.current:
+                return None
+            return f"pending {list(state.pending)}, mismatched {list(state.mismatched)}"
+
+        checks = {
+            "redis": await check_with_timeout(self.redis.ping),
+            "postgres": await check_with_timeout(self.postgres.ping),
+            "migrations": await check_with_timeout(migrations_current),
+        }
+        checks["node"] = "draining" if self.draining.is_set() else "ok"
+        return checks
+
+
+class Node:
+    """A Podium node against the given Redis and PostgreSQL.
+
+    ``settings.redis_url`` and ``settings.database_url`` must be set (``podium
+    dev`` fills them in with embedded servers).
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        if settings.redis_url is None or settings.database_url is None:
+            raise ValueError("a node needs redis_url and database_url")
+        self.settings = settings
+        self.node_id = settings.node_id or default_node_id()
+        self.metrics = NodeMetrics(self.node_id)
+        self._stop = trio.Event()
+        self._draining = trio.Event()
+        self._supervisor: Supervisor | None = None
+        self.metrics.watch_supervisor(
+            lambda: self._supervisor.statistics() if self._supervisor else None
+        )
+
+    def stop_nowait(self) -> None:
+        """Begin a graceful stop; :meth:`run` returns when it is done."""
+        self._stop.set()
+        self._draining.set()
+        if self._supervisor is not None:
+            self._supervisor.stop_nowait()
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[NodeAddress] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Run the node until :meth:`stop_nowait`; ``started()`` gives its address.
+
+        Raises :class:`actors.supervisor.ActorFailed` if an actor failed beyond
+        its policy, :class:`protocol.errors.Unavailable` if PostgreSQL cannot be
+        reached at start, :class:`server.migrations.MigrationError` if the
+        database's migrations disagree with the code.
+        """
+        settings = self.settings
+        assert settings.redis_url is not None and settings.database_url is not None
+        migrations = load_migrations()
+        async with (
+            trio_asyncio.open_loop(),
+            open_redis(settings.redis_url, timeout_s=settings.redis_timeout_s) as redis,
+            open_postgres(
+                settings.database_url,
+                min_size=settings.pg_pool_min_size,
+                max_size=settings.pg_pool_max_size,
+                command_timeout_s=settings.pg_command_timeout_s,
+            ) as postgres,
+        ):
+            if settings.migrate_on_start:
+                applied = await postgres.apply_migrations(migrations)
+                log.info("migrations checked", extra={"applied_now": list(applied)})
+            services = NodeServices(
+                settings=settings,
+                node_id=self.node_id,
+                redis=redis,
+                postgres=postgres,
+                metrics=self.metrics,
+                migrations=migrations,
+                draining=self._draining,
+            )
+            restart = RestartWithBackoff(
+                max_restarts=settings.actor_restart_max,
+                window_s=settings.actor_restart_window_s,
+                initial_backoff_s=settings.actor_backoff_initial_s,
+                max_backoff_s=settings.actor_backoff_max_s,
+            )
+            app = create_app(services)
+            self._supervisor = Supervisor(
+                [
+                    ChildSpec("http", lambda: HttpServer(app, settings), restart),
+                    # Without the listener the node is deaf to its clients:
+                    # fail loudly rather than limp along.
+                    ChildSpec(
+                        "ws",
+                        lambda: WsListener(settings, node_id=self.node_id, metrics=self.metrics),
+                        StopNode(),
+                    ),
+                ],
+                graceful_timeout_s=settings.graceful_timeout_s,
+            )
+            if self._stop.is_set():
+                return
+            failures: list[ActorFailed] = []
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self._supervise, self._supervisor, failures)
+                address = NodeAddress(
+                    host=settings.bind_host,
+                    http_port=self._supervisor.started_value("http"),
+                    ws_port=self._supervisor.started_value("ws"),
+                )
+                log.info(
+                    "node ready",
+                    extra={"node_id": self.node_id, "http": address.http_url, "ws": address.ws_url},
+                )
+                task_status.started(address)
+                await self._stop.wait()
+            log.info("node stopped", extra={"node_id": self.node_id})
+            if failures:
+                raise failures[0]
+
+    async def _supervise(
+        self,
+        supervisor: Supervisor,
+        failures: list[ActorFailed],
+        *,
+        task_status: trio.TaskStatus[None],
+    ) -> None:
+        """Run the supervisor; a failure after start-up is kept for :meth:`run` to raise
+        once the node has stopped, a failure during start-up propagates at once."""
+        ready = False
+
+        class _Status:
+            def started(self, value: None = None) -> None:
+                nonlocal ready
+                ready = True
+                task_status.started()
+
+        try:
+            await supervisor.run(task_status=_Status())
+        except ActorFailed as exc:
+            if not ready:
+                raise
+            failures.append(exc)
+        finally:
+            self.stop_nowait()

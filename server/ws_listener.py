@@ -1,0 +1,124 @@
+"""The WebSocket listener: accepts ``/v1/ws`` and runs a connection actor per socket.
+
+*Resource handling*: the number of open sockets is bounded by
+``ws_max_connections``; a handshake beyond it is refused with 503.
+:meth:`WsListener.drain_nowait` stops accepting and closes every socket with
+4503 ("node draining", reconnect elsewhere); :meth:`run` returns when the
+last one is gone.
+
+*Error handling*: a connection actor that fails closes only its own socket,
+with 1011, and is logged and counted; the listener and every other socket
+carry on.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+from typing import Any
+
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
+
+from actors.connection import ConnectionActor
+from config import Settings
+from protocol.messages import CloseCode
+from server.metrics import NodeMetrics
+
+log = logging.getLogger(__name__)
+
+WS_PATH = "/v1/ws"
+_CLOSE_TIMEOUT_S = 2.0
+
+
+class WsListener:
+    """Serves WebSockets on ``settings.ws_port``; ``started()`` reports the bound port."""
+
+    def __init__(self, settings: Settings, *, node_id: str, metrics: NodeMetrics) -> None:
+        self._settings = settings
+        self._node_id = node_id
+        self._metrics = metrics
+        self._connections: set[WebSocketConnection] = set()
+        self._draining = trio.Event()
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._connections)
+
+    def drain_nowait(self) -> None:
+        self._draining.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        settings = self._settings
+        async with trio.open_nursery() as handlers:
+            with trio.CancelScope() as accept_scope:
+                async with trio.open_nursery() as accept:
+                    server = await accept.start(
+                        partial(
+                            serve_websocket,
+                            self._handle,
+                            settings.bind_host,
+                            settings.ws_port,
+                            None,
+                            handler_nursery=handlers,
+                            # Frames past twice our limit are cut off by the library
+                            # itself (1009) before we buffer them; up to that, we
+                            # answer with our own error and 4008.
+                            max_message_size=2 * settings.ws_max_message_bytes,
+                            message_queue_size=4,
+                        )
+                    )
+                    log.info("websocket listener ready", extra={"port": server.port})
+                    task_status.started(server.port)
+                    await self._draining.wait()
+                    accept_scope.cancel()
+            log.info("draining websockets", extra={"open": len(self._connections)})
+            for connection in list(self._connections):
+                handlers.start_soon(self._close, connection, CloseCode.DRAINING, "node draining")
+
+    async def _close(self, connection: WebSocketConnection, code: int, reason: str) -> None:
+        with trio.move_on_after(_CLOSE_TIMEOUT_S):
+            await connection.aclose(code, reason)
+
+    async def _handle(self, request: WebSocketRequest) -> None:
+        if request.path.split("?", 1)[0] != WS_PATH:
+            self._metrics.ws_rejected_total.labels("not_found").inc()
+            await request.reject(404, body=b'{"error":{"code":"not_found","message":"use /v1/ws"}}')
+            return
+        if self._draining.is_set() or len(self._connections) >= self._settings.ws_max_connections:
+            reason = "draining" if self._draining.is_set() else "too_many_connections"
+            self._metrics.ws_rejected_total.labels(reason).inc()
+            await request.reject(
+                503, body=b'{"error":{"code":"unavailable","message":"' + reason.encode() + b'"}}'
+            )
+            return
+        connection = await request.accept()
+        self._connections.add(connection)
+        self._metrics.ws_connections.inc()
+        self._metrics.ws_connections_total.inc()
+        try:
+            actor = ConnectionActor(
+                connection,
+                node_id=self._node_id,
+                heartbeat_s=self._settings.ws_heartbeat_s,
+                max_message_bytes=self._settings.ws_max_message_bytes,
+            )
+            await actor.run()
+        except ConnectionClosed:
+            pass
+        except Exception as exc:
+            self._metrics.ws_failures_total.inc()
+            log.error(
+                "connection actor failed; closing its socket with 1011",
+                exc_info=exc,
+                extra={"remote": _remote(connection)},
+            )
+            await self._close(connection, CloseCode.INTERNAL_ERROR, "internal error")
+        finally:
+            self._connections.discard(connection)
+            self._metrics.ws_connections.dec()
+
+
+def _remote(connection: WebSocketConnection) -> Any:
+    remote = connection.remote
+    return f"{getattr(remote, 'address', '?')}:{getattr(remote, 'port', '?')}"

@@ -34,6 +34,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -190,7 +191,7 @@ class _Child:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 preexec_fn=preexec,
-                user=user,
+                **_run_as(user),
             )
         finally:
             log_file.close()
@@ -336,6 +337,18 @@ def _postgres_user() -> str | None:
     return POSTGRES_SYSTEM_USER
 
 
+def _run_as(user: str | None) -> dict[str, Any]:
+    """subprocess arguments that drop to ``user`` entirely: uid, gid and groups.
+
+    Without the gid and groups the child keeps root's group, and a directory
+    owned by group root with no group bits then denies it access.
+    """
+    if user is None:
+        return {}
+    entry = pwd.getpwnam(user)
+    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+
+
 def _make_traversable(path: Path) -> None:
     """Let the PostgreSQL account reach ``path``: add o+x to parents lacking it."""
     for parent in [path.resolve(), *path.resolve().parents]:
@@ -441,13 +454,18 @@ async def open_embedded_postgres(
     data_dir, needs_initdb = _prepare_pgdata(data_dir, user)
     if needs_initdb:
         log.info("initialising embedded postgres cluster", extra={"data_dir": str(data_dir)})
-        await trio.run_process(
+        result = await trio.run_process(
             [str(bin_dir / "initdb"), "-D", str(data_dir), "-U", "postgres",
              "--auth=trust", "--encoding=UTF8", "--locale=C", "--no-sync"],
-            user=user,
+            check=False,
             capture_stdout=True,
             capture_stderr=True,
+            **_run_as(user),
         )  # fmt: skip
+        if result.returncode != 0:
+            raise EmbeddedServiceError(
+                f"initdb failed in {data_dir}: {result.stderr.decode(errors='replace').strip()}"
+            )
     await _wait_for_stale_postmaster(data_dir)
 
     settings = {
@@ -491,7 +509,7 @@ async def _create_database(server: EmbeddedPostgres, database: str, user: str | 
         check=False,
         capture_stdout=True,
         capture_stderr=True,
-        user=user,
+        **_run_as(user),
     )  # fmt: skip
     if result.returncode != 0 and b"already exists" not in result.stderr:
         raise EmbeddedServiceError(

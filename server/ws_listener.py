@@ -40,6 +40,7 @@ class WsListener:
         self._metrics = metrics
         self._connections: set[WebSocketConnection] = set()
         self._draining = trio.Event()
+        self._all_closed = trio.Event()
 
     @property
     def connection_count(self) -> int:
@@ -75,6 +76,10 @@ class WsListener:
             log.info("draining websockets", extra={"open": len(self._connections)})
             for connection in list(self._connections):
                 handlers.start_soon(self._close, connection, CloseCode.DRAINING, "node draining")
+            if self._connections:
+                await self._all_closed.wait()
+            # What is left are handshakes and refused peers: nothing to finish.
+            handlers.cancel_scope.cancel()
 
     async def _close(self, connection: WebSocketConnection, code: int, reason: str) -> None:
         with trio.move_on_after(_CLOSE_TIMEOUT_S):
@@ -93,6 +98,9 @@ class WsListener:
             )
             return
         connection = await request.accept()
+        if self._draining.is_set():
+            await self._close(connection, CloseCode.DRAINING, "node draining")
+            return
         self._connections.add(connection)
         self._metrics.ws_connections.inc()
         self._metrics.ws_connections_total.inc()
@@ -117,6 +125,8 @@ class WsListener:
         finally:
             self._connections.discard(connection)
             self._metrics.ws_connections.dec()
+            if self._draining.is_set() and not self._connections:
+                self._all_closed.set()
 
 
 def _remote(connection: WebSocketConnection) -> Any:

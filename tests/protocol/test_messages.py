@@ -1,0 +1,116 @@
+"""The WebSocket codec, sans-IO: synchronous tests, no event loop."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from protocol.messages import (
+    CloseCode,
+    Error,
+    Ping,
+    Pong,
+    ProtocolError,
+    Welcome,
+    decode_client,
+    encode,
+)
+
+LIMIT = 1024
+
+
+def test_welcome_has_the_contract_fields() -> None:
+    frame = json.loads(encode(Welcome(node_id="n1", heartbeat_s=15.0)))
+    assert frame == {"type": "welcome", "protocol": 1, "node_id": "n1", "heartbeat_s": 15.0}
+
+
+@pytest.mark.parametrize("msg_id", ["c1", 7, None])
+def test_ping_round_trips_its_id(msg_id: str | int | None) -> None:
+    frame = json.dumps({"type": "ping", "id": msg_id})
+    assert decode_client(frame, max_bytes=LIMIT) == Ping(id=msg_id)
+    assert json.loads(encode(Pong(id=msg_id))) == {"type": "pong", "id": msg_id}
+
+
+def test_error_carries_its_request_id_only_when_given() -> None:
+    assert json.loads(encode(Error(code="x", message="m"))) == {
+        "type": "error",
+        "code": "x",
+        "message": "m",
+    }
+    assert json.loads(encode(Error(code="x", message="m", id="c1")))["id"] == "c1"
+
+
+@pytest.mark.parametrize(
+    ("frame", "code", "close"),
+    [
+        ("{not json", "malformed_json", None),
+        ("[1, 2]", "bad_message", None),
+        ('{"id": 1}', "bad_message", None),
+        ('{"type": 5}', "bad_message", None),
+        ('{"type": "teleport"}', "unknown_type", None),
+        ('{"type": "ping", "id": true}', "bad_message", None),
+        ('{"type": "ping", "id": {"a": 1}}', "bad_message", None),
+        ('{"type": "ping", "id": "' + "x" * 65 + '"}', "bad_message", None),
+        (b'{"type": "ping"}', "binary_not_supported", None),
+        ('{"type": "ping", "pad": "' + "x" * LIMIT + '"}', "message_too_large", CloseCode.POLICY),
+        ("[" * 100_000, "message_too_large", CloseCode.POLICY),
+    ],
+)
+def test_bad_frames_get_their_documented_error(
+    frame: str | bytes, code: str, close: CloseCode | None
+) -> None:
+    with pytest.raises(ProtocolError) as caught:
+        decode_client(frame, max_bytes=LIMIT)
+    assert caught.value.code == code
+    assert caught.value.close == close
+    assert caught.value.message
+
+
+def test_deep_nesting_within_the_limit_is_a_protocol_error_not_a_crash() -> None:
+    with pytest.raises(ProtocolError) as caught:
+        decode_client("[" * 100_000, max_bytes=1_000_000)
+    assert caught.value.code == "malformed_json"
+
+
+def test_multibyte_text_is_measured_in_bytes() -> None:
+    frame = '{"type": "ping", "id": "' + "é" * 40 + '"}'  # 40 chars, 80 bytes
+    assert len(frame) < 100 < len(frame.encode())
+    with pytest.raises(ProtocolError, match="larger than 100 bytes"):
+        decode_client(frame, max_bytes=100)
+
+
+def test_close_codes_say_whether_to_reconnect() -> None:
+    assert CloseCode.DRAINING.should_reconnect
+    assert CloseCode.TOO_SLOW.should_reconnect
+    assert not CloseCode.UNAUTHORIZED.should_reconnect
+    assert not CloseCode.POLICY.should_reconnect
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@given(st.one_of(st.text(max_size=2000), st.binary(max_size=2000)))
+def test_any_frame_decodes_or_raises_protocol_error(frame: str | bytes) -> None:
+    try:
+        message = decode_client(frame, max_bytes=LIMIT)
+    except ProtocolError as exc:
+        assert exc.code and exc.message
+    else:
+        assert isinstance(message, Ping)
+
+
+@given(st.dictionaries(st.sampled_from(["type", "id", "x"]), json_values, max_size=3))
+def test_any_json_object_decodes_or_raises_protocol_error(data: dict[str, object]) -> None:
+    try:
+        decode_client(json.dumps(data), max_bytes=LIMIT)
+    except ProtocolError as exc:
+        assert exc.code and exc.message

@@ -3,6 +3,6 @@
 See :mod:`config.settings` for where values come from and how they are checked.
 """
 
-from config.settings import SettingInfo, Settings, SettingsError, describe
+from config.settings import SettingInfo, Settings, SettingsError, describe, markdown_table
 
-__all__ = ["SettingInfo", "Settings", "SettingsError", "describe"]
+__all__ = ["SettingInfo", "Settings", "SettingsError", "describe", "markdown_table"]

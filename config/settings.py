@@ -668,6 +668,18 @@ def describe() -> list[SettingInfo]:
     ]
 
 
+def markdown_table() -> str:
+    """The settings as the Markdown table in README.md (a test keeps the two equal)."""
+    lines = ["| variable | default | what it sets |", "| --- | --- | --- |"]
+    for info in describe():
+        secret = " Secret." if info.secret else ""
+        lines.append(
+            f"| `{info.env}` | `{info.default_repr}` | {info.description}. "
+            f"Accepts {info.accepts}.{secret} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 # --- helpers ----------------------------------------------------------------
 
 

@@ -91,9 +91,11 @@ async def test_dev_node_lifecycle(tmp_path: Path) -> None:
         secrets = json.loads((data_dir / "secrets.json").read_text())
         assert node.banner["Admin token"] == secrets["admin_token"]
         assert oct((data_dir / "secrets.json").stat().st_mode & 0o777) == "0o600"
-        async with trio_asyncio.open_loop():
-            async with open_postgres(node.banner["PostgreSQL"], min_size=1, max_size=1) as pg:
-                await pg.execute("INSERT INTO users (username) VALUES ('survivor')")
+        async with (
+            trio_asyncio.open_loop(),
+            open_postgres(node.banner["PostgreSQL"], min_size=1, max_size=1) as pg,
+        ):
+            await pg.execute("INSERT INTO users (username) VALUES ('survivor')")
 
         # Ctrl-C: a clean exit, and the servers go with it.
         node.process.send_signal(signal.SIGINT)

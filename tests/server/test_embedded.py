@@ -70,13 +70,17 @@ async def test_wheel_redis_runs_and_keeps_data_across_restarts(tmp_path: Path) -
 
 async def test_postgres_keeps_data_across_restarts(tmp_path: Path) -> None:
     async with trio_asyncio.open_loop():
-        async with open_embedded_postgres(tmp_path / "pg") as server:
-            async with open_postgres(server.dsn, min_size=1, max_size=1) as pg:
-                await pg.execute("CREATE TABLE kept (v text)")
-                await pg.execute("INSERT INTO kept VALUES ('still here')")
-        async with open_embedded_postgres(tmp_path / "pg") as server:
-            async with open_postgres(server.dsn, min_size=1, max_size=1) as pg:
-                assert await pg.fetch("SELECT v FROM kept") == [{"v": "still here"}]
+        async with (
+            open_embedded_postgres(tmp_path / "pg") as server,
+            open_postgres(server.dsn, min_size=1, max_size=1) as pg,
+        ):
+            await pg.execute("CREATE TABLE kept (v text)")
+            await pg.execute("INSERT INTO kept VALUES ('still here')")
+        async with (
+            open_embedded_postgres(tmp_path / "pg") as server,
+            open_postgres(server.dsn, min_size=1, max_size=1) as pg,
+        ):
+            assert await pg.fetch("SELECT v FROM kept") == [{"v": "still here"}]
 
 
 OWNER_SCRIPT = textwrap.dedent(
@@ -99,14 +103,16 @@ OWNER_SCRIPT = textwrap.dedent(
 
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM])
 async def test_servers_die_with_their_owner(tmp_path: Path, how: signal.Signals) -> None:
-    owner = subprocess.Popen(
+    owner = await trio.lowlevel.open_process(
         [sys.executable, "-c", OWNER_SCRIPT, str(tmp_path)],
         stdout=subprocess.PIPE,
         cwd=Path(__file__).parents[2],
     )
     try:
         assert owner.stdout is not None
-        line = await trio.to_thread.run_sync(owner.stdout.readline)
+        line = b""
+        while not line.endswith(b"\n"):
+            line += await owner.stdout.receive_some()
         pids = json.loads(line)
         for pid in pids.values():
             os.kill(pid, 0)  # alive
@@ -115,7 +121,7 @@ async def test_servers_die_with_their_owner(tmp_path: Path, how: signal.Signals)
             await wait_for_exit(pid, timeout_s=20)
     finally:
         owner.kill()
-        owner.wait()
+        await owner.wait()
     # The next owner starts cleanly on the same data.
     async with open_embedded_postgres(tmp_path / "pg", durable=False) as server:
         assert server.pid not in pids.values()

@@ -25,8 +25,8 @@ from config import Settings, SettingsError, describe
 from protocol.errors import Unavailable
 from server.embedded import EmbeddedServiceError, open_embedded_postgres, open_embedded_redis
 from server.logs import configure_logging
-from server.migrations import MigrationError, load_migrations
-from server.node import Node, NodeAddress
+from server.migrations import MigrationError
+from server.node import Node, NodeAddress, migrate
 
 log = logging.getLogger("podium")
 
@@ -146,19 +146,8 @@ def cmd_migrate(settings: Settings) -> int:
     configure_logging(settings.log_level, settings.log_format)
     database_url = settings.database_url
 
-    async def migrate() -> tuple[int, ...]:
-        import trio_asyncio
-
-        from server.stores.pg_store import open_postgres
-
-        async with (
-            trio_asyncio.open_loop(),
-            open_postgres(database_url, min_size=1, max_size=1) as pg,
-        ):
-            return await pg.apply_migrations(load_migrations())
-
     try:
-        applied = trio.run(migrate)
+        applied = trio.run(migrate, database_url)
     except BaseException as exc:
         return _exit_code(exc)
     print(f"applied {len(applied)} migration(s): {list(applied)}" if applied else "up to date")

@@ -34,6 +34,12 @@ from server.ws_listener import WsListener
 log = logging.getLogger(__name__)
 
 
+async def migrate(database_url: str) -> tuple[int, ...]:
+    """Apply pending migrations to ``database_url``; the versions applied now."""
+    async with trio_asyncio.open_loop(), open_postgres(database_url, min_size=1, max_size=1) as pg:
+        return await pg.apply_migrations(load_migrations())
+
+
 def default_node_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 

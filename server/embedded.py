@@ -404,19 +404,24 @@ async def _wait_for_stale_postmaster(pgdata: Path) -> None:
     if status is None or not _pid_alive(status[0]):
         return
     pid = status[0]
+    with trio.move_on_after(_STOP_TIMEOUT_S):
+        await wait_for_exit(pid)
+    if _pid_alive(pid):
+        log.warning("killing a stale postgres left behind", extra={"pid": pid})
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+async def wait_for_exit(pid: int) -> None:
+    """Wait until process ``pid`` (any process, not only a child) has exited."""
     try:
         pidfd = os.pidfd_open(pid)
     except ProcessLookupError:
         return
     try:
-        with trio.move_on_after(_STOP_TIMEOUT_S):
-            await trio.lowlevel.wait_readable(pidfd)
+        await trio.lowlevel.wait_readable(pidfd)
     finally:
         os.close(pidfd)
-    if _pid_alive(pid):
-        log.warning("killing a stale postgres left behind", extra={"pid": pid})
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -527,4 +532,5 @@ __all__ = [
     "free_port",
     "open_embedded_postgres",
     "open_embedded_redis",
+    "wait_for_exit",
 ]

@@ -15,8 +15,8 @@ import pytest
 import trio
 import trio_asyncio
 
+from server.embedded import wait_for_exit
 from server.stores.pg_store import open_postgres
-from tests.server.test_embedded import wait_for_exit
 
 ROOT = Path(__file__).parents[2]
 pytestmark = pytest.mark.slow
@@ -65,9 +65,15 @@ class DevNode:
             children += [int(p) for p in (task / "children").read_text().split()]
         return children
 
-    async def wait(self, timeout_s: float) -> int:
-        with trio.fail_after(timeout_s):
-            return await trio.to_thread.run_sync(self.process.wait)
+    async def stop(self, how: signal.Signals) -> int:
+        """Send ``how``; return the exit code once the node and its servers are gone."""
+        servers = self.server_pids()
+        self.process.send_signal(how)
+        with trio.fail_after(30):
+            code = await trio.to_thread.run_sync(self.process.wait)
+            for pid in servers:
+                await wait_for_exit(pid)
+        return code
 
 
 async def user_count(dsn: str, username: str) -> int:
@@ -86,8 +92,7 @@ async def test_dev_node_lifecycle(tmp_path: Path) -> None:
         await node.wait_ready()
         async with httpx.AsyncClient(base_url=node.banner["HTTP"]) as http:
             assert (await http.get("/readyz")).status_code == 200
-        servers = node.server_pids()
-        assert len(servers) == 2
+        assert len(node.server_pids()) == 2
         secrets = json.loads((data_dir / "secrets.json").read_text())
         assert node.banner["Admin token"] == secrets["admin_token"]
         assert oct((data_dir / "secrets.json").stat().st_mode & 0o777) == "0o600"
@@ -98,10 +103,7 @@ async def test_dev_node_lifecycle(tmp_path: Path) -> None:
             await pg.execute("INSERT INTO users (username) VALUES ('survivor')")
 
         # Ctrl-C: a clean exit, and the servers go with it.
-        node.process.send_signal(signal.SIGINT)
-        assert await node.wait(timeout_s=30) == 0
-        for pid in servers:
-            await wait_for_exit(pid, timeout_s=5)
+        assert await node.stop(signal.SIGINT) == 0
     finally:
         node.process.kill()
         node.process.wait()
@@ -112,11 +114,7 @@ async def test_dev_node_lifecycle(tmp_path: Path) -> None:
         await node.wait_ready()
         assert node.banner["Admin token"] == secrets["admin_token"]
         assert await user_count(node.banner["PostgreSQL"], "survivor") == 1
-        servers = node.server_pids()
-        node.process.kill()
-        await node.wait(timeout_s=10)
-        for pid in servers:
-            await wait_for_exit(pid, timeout_s=20)
+        assert await node.stop(signal.SIGKILL) == -signal.SIGKILL
     finally:
         node.process.kill()
         node.process.wait()
@@ -126,8 +124,7 @@ async def test_dev_node_lifecycle(tmp_path: Path) -> None:
     try:
         await node.wait_ready()
         assert await user_count(node.banner["PostgreSQL"], "survivor") == 1
-        node.process.send_signal(signal.SIGTERM)
-        assert await node.wait(timeout_s=30) == 0
+        assert await node.stop(signal.SIGTERM) == 0
     finally:
         node.process.kill()
         node.process.wait()

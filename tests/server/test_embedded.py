@@ -20,6 +20,7 @@ from server.embedded import (
     find_redis_server,
     open_embedded_postgres,
     open_embedded_redis,
+    wait_for_exit,
 )
 from server.stores.pg_store import open_postgres
 
@@ -32,19 +33,6 @@ def redis_command(port: int, *parts: str) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
         sock.sendall(payload)
         return sock.recv(4096)
-
-
-async def wait_for_exit(pid: int, timeout_s: float) -> None:
-    """Wait (without polling) until process ``pid`` has exited."""
-    try:
-        pidfd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return
-    try:
-        with trio.fail_after(timeout_s):
-            await trio.lowlevel.wait_readable(pidfd)
-    finally:
-        os.close(pidfd)
 
 
 def test_without_redis_on_path_the_wheel_binary_is_used() -> None:
@@ -118,7 +106,8 @@ async def test_servers_die_with_their_owner(tmp_path: Path, how: signal.Signals)
             os.kill(pid, 0)  # alive
         owner.send_signal(how)
         for pid in pids.values():
-            await wait_for_exit(pid, timeout_s=20)
+            with trio.fail_after(20):
+                await wait_for_exit(pid)
     finally:
         owner.kill()
         await owner.wait()

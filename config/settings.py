@@ -207,17 +207,17 @@ def _path() -> _Kind:
     return _Kind("Path", "a non-empty path", convert)
 
 
-def _secret() -> _Kind:
+def _secret(min_chars: int = _SECRET_MIN_CHARS) -> _Kind:
     def convert(raw: object) -> str:
         # Surrounding whitespace is almost always a copy-paste accident, and a
         # secret that silently differs between two nodes is miserable to debug.
-        if isinstance(raw, str) and len(raw) >= _SECRET_MIN_CHARS and raw == raw.strip():
+        if isinstance(raw, str) and len(raw) >= min_chars and raw == raw.strip():
             return raw
         raise _Invalid
 
     return _Kind(
         "str",
-        f"a secret of at least {_SECRET_MIN_CHARS} characters with no surrounding whitespace",
+        f"a secret of at least {min_chars} characters with no surrounding whitespace",
         convert,
     )
 
@@ -243,6 +243,57 @@ def _node_id() -> _Kind:
         raise _Invalid
 
     return _Kind("str", "1 to 64 characters from A-Z, a-z, 0-9, '.', '_' and '-'", convert)
+
+
+def _pattern(regex: str, expected: str) -> _Kind:
+    compiled = re.compile(regex)
+
+    def convert(raw: object) -> str:
+        if isinstance(raw, str) and compiled.fullmatch(raw):
+            return raw
+        raise _Invalid
+
+    return _Kind("str", expected, convert)
+
+
+def _action_types() -> _Kind:
+    def convert(raw: object) -> str:
+        # The one parser of the format lives with the action-token code.
+        from protocol.action_token import parse_action_types
+
+        if not isinstance(raw, str):
+            raise _Invalid
+        try:
+            parse_action_types(raw)
+        except ValueError:
+            raise _Invalid from None
+        return raw
+
+    return _Kind(
+        "str",
+        "comma-separated TYPE:MIN:MAX rules, e.g. score:1:10000,penalty:-100:-1",
+        convert,
+    )
+
+
+def _paths() -> _Kind:
+    def convert(raw: object) -> str:
+        if isinstance(raw, str) and raw and all(part.strip() for part in raw.split(",")):
+            return raw
+        raise _Invalid
+
+    return _Kind("str", "comma-separated file paths", convert)
+
+
+def _retired_keys() -> _Kind:
+    entry = re.compile(r"[A-Za-z0-9_-]{1,32}=\S{16,}")
+
+    def convert(raw: object) -> str:
+        if isinstance(raw, str) and all(entry.fullmatch(part) for part in raw.split(",")):
+            return raw
+        raise _Invalid
+
+    return _Kind("str", "comma-separated KID=SECRET pairs, secrets of 16+ characters", convert)
 
 
 # --- redaction ----------------------------------------------------------------
@@ -343,7 +394,8 @@ class Settings:
         default=None,
         metadata=_setting(
             env="PODIUM_JWT_SECRET",
-            parse=_secret(),
+            # RFC 7518 3.2: an HS256 key is at least as long as the hash (32 bytes).
+            parse=_secret(32),
             doc="Key that verifies players' JWTs",
             secret=True,
         ),
@@ -373,6 +425,219 @@ class Settings:
             parse=_secret(),
             doc="Bearer token for the admin endpoints",
             secret=True,
+        ),
+    )
+    jwt_algorithm: str = field(
+        default="HS256",
+        metadata=_setting(
+            env="PODIUM_JWT_ALGORITHM",
+            parse=_pattern(r"HS256|RS256|ES256", "one of HS256, RS256, ES256"),
+            doc="Algorithm of the JWTs Podium issues; RS256 and ES256 need a private key file",
+        ),
+    )
+    jwt_private_key_file: Path | None = field(
+        default=None,
+        metadata=_setting(
+            env="PODIUM_JWT_PRIVATE_KEY_FILE",
+            parse=_path(),
+            doc="PEM private key signing Podium's JWTs when PODIUM_JWT_ALGORITHM is RS256 or ES256",
+        ),
+    )
+    jwt_previous_public_key_files: str | None = field(
+        default=None,
+        metadata=_setting(
+            env="PODIUM_JWT_PREVIOUS_PUBLIC_KEY_FILES",
+            parse=_paths(),
+            doc="PEM public keys of retired signing keys, still accepted while rotating",
+        ),
+    )
+    jwt_issuer: str = field(
+        default="podium",
+        metadata=_setting(
+            env="PODIUM_JWT_ISSUER",
+            parse=_host(),
+            doc="The iss claim of the JWTs Podium issues and expects",
+        ),
+    )
+    jwt_audience: str = field(
+        default="podium",
+        metadata=_setting(
+            env="PODIUM_JWT_AUDIENCE",
+            parse=_host(),
+            doc="The aud claim of the JWTs Podium issues and expects",
+        ),
+    )
+    jwt_access_ttl_s: int = field(
+        default=900,
+        metadata=_setting(
+            env="PODIUM_JWT_ACCESS_TTL_S",
+            parse=_integer(60, 86400),
+            doc="Lifetime of an access JWT in seconds",
+        ),
+    )
+    jwt_refresh_ttl_s: int = field(
+        default=30 * 86400,
+        metadata=_setting(
+            env="PODIUM_JWT_REFRESH_TTL_S",
+            parse=_integer(300, 365 * 86400),
+            doc="Lifetime of a session (and its refresh token) in seconds",
+        ),
+    )
+    jwt_leeway_s: float = field(
+        default=5.0,
+        metadata=_setting(
+            env="PODIUM_JWT_LEEWAY_S",
+            parse=_number(0, 300),
+            doc="Clock skew tolerated when checking exp, nbf and iat of JWTs and action tokens",
+        ),
+    )
+    jwt_external_jwks_file: Path | None = field(
+        default=None,
+        metadata=_setting(
+            env="PODIUM_JWT_EXTERNAL_JWKS_FILE",
+            parse=_path(),
+            doc="JWKS file of an external issuer whose RS256/ES256 JWTs are also accepted",
+        ),
+    )
+    jwt_external_issuer: str | None = field(
+        default=None,
+        metadata=_setting(
+            env="PODIUM_JWT_EXTERNAL_ISSUER",
+            parse=_host(),
+            doc="Required iss of external JWTs (with PODIUM_JWT_EXTERNAL_JWKS_FILE)",
+        ),
+    )
+    jwt_external_audience: str | None = field(
+        default=None,
+        metadata=_setting(
+            env="PODIUM_JWT_EXTERNAL_AUDIENCE",
+            parse=_host(),
+            doc="Required aud of external JWTs (with PODIUM_JWT_EXTERNAL_JWKS_FILE)",
+        ),
+    )
+    action_key_id: str = field(
+        default="k1",
+        metadata=_setting(
+            env="PODIUM_ACTION_KEY_ID",
+            parse=_pattern(
+                r"[A-Za-z0-9_-]{1,32}", "1 to 32 characters from A-Z, a-z, 0-9, _ and -"
+            ),
+            doc="Key id of PODIUM_ACTION_KEY, written into every action token it signs",
+        ),
+    )
+    action_retired_keys: str | None = field(
+        default=None,
+        metadata=_setting(
+            env="PODIUM_ACTION_RETIRED_KEYS",
+            parse=_retired_keys(),
+            doc="Older action-token keys still accepted while rotating",
+            secret=True,
+        ),
+    )
+    action_token_ttl_s: int = field(
+        default=300,
+        metadata=_setting(
+            env="PODIUM_ACTION_TOKEN_TTL_S",
+            parse=_integer(10, 86400),
+            doc="Lifetime of the action tokens Podium mints, in seconds",
+        ),
+    )
+    action_token_max_lifetime_s: int = field(
+        default=3600,
+        metadata=_setting(
+            env="PODIUM_ACTION_TOKEN_MAX_LIFETIME_S",
+            parse=_integer(10, 86400),
+            doc="Longest lifetime accepted in an action token (expires_at - issued_at)",
+        ),
+    )
+    action_types: str = field(
+        default="score:1:10000",
+        metadata=_setting(
+            env="PODIUM_ACTION_TYPES",
+            parse=_action_types(),
+            doc="Action types and the score delta each may carry",
+        ),
+    )
+    allow_unknown_action_types: bool = field(
+        default=False,
+        metadata=_setting(
+            env="PODIUM_ALLOW_UNKNOWN_ACTION_TYPES",
+            parse=_boolean(),
+            doc="Accept action types not in PODIUM_ACTION_TYPES (with any delta)",
+        ),
+    )
+    ledger_batch_max: int = field(
+        default=500,
+        metadata=_setting(
+            env="PODIUM_LEDGER_BATCH_MAX",
+            parse=_integer(1, 10000),
+            doc="Most score submissions committed in one PostgreSQL transaction",
+        ),
+    )
+    ledger_linger_s: float = field(
+        default=0.005,
+        metadata=_setting(
+            env="PODIUM_LEDGER_LINGER_S",
+            parse=_number(0, 1),
+            doc="Longest wait for more submissions before committing a batch",
+        ),
+    )
+    ledger_queue_size: int = field(
+        default=10000,
+        metadata=_setting(
+            env="PODIUM_LEDGER_QUEUE_SIZE",
+            parse=_integer(1, 1_000_000),
+            doc="Submissions waiting for the ledger before new ones get 503",
+        ),
+    )
+    submit_timeout_s: float = field(
+        default=5.0,
+        metadata=_setting(
+            env="PODIUM_SUBMIT_TIMEOUT_S",
+            parse=_number(0, 60, low_exclusive=True),
+            doc="Longest a score submission waits for its commit before answering 503",
+        ),
+    )
+    ranking_queue_size: int = field(
+        default=10000,
+        metadata=_setting(
+            env="PODIUM_RANKING_QUEUE_SIZE",
+            parse=_integer(1, 1_000_000),
+            doc="Requests waiting for the ranking actor before new ones get 503",
+        ),
+    )
+    ranking_publish_top_n: int = field(
+        default=10,
+        metadata=_setting(
+            env="PODIUM_RANKING_PUBLISH_TOP_N",
+            parse=_integer(1, 1000),
+            doc="How many top entries each leaderboard update publishes",
+        ),
+    )
+    redis_key_prefix: str = field(
+        default="podium",
+        metadata=_setting(
+            env="PODIUM_REDIS_KEY_PREFIX",
+            parse=_pattern(
+                r"[A-Za-z0-9_.-]{1,32}", "1 to 32 characters from A-Z, a-z, 0-9, _, . and -"
+            ),
+            doc="Prefix of every Redis key and channel, so deployments can share a Redis",
+        ),
+    )
+    read_max_limit: int = field(
+        default=100,
+        metadata=_setting(
+            env="PODIUM_READ_MAX_LIMIT",
+            parse=_integer(1, 1000),
+            doc="Most entries one leaderboard read returns (limit, 2 x radius + 1, user_ids)",
+        ),
+    )
+    revocation_poll_s: float = field(
+        default=0.5,
+        metadata=_setting(
+            env="PODIUM_REVOCATION_POLL_S",
+            parse=_number(0.05, 10),
+            doc="How often a node picks up sessions revoked on any node",
         ),
     )
     node_id: str | None = field(
@@ -532,6 +797,19 @@ class Settings:
     def _check_cross_field_rules(self) -> None:
         _require_at_least(self, "pg_pool_max_size", "pg_pool_min_size")
         _require_at_least(self, "actor_backoff_max_s", "actor_backoff_initial_s")
+        _require_at_least(self, "action_token_max_lifetime_s", "action_token_ttl_s")
+        if self.jwt_algorithm != "HS256" and self.jwt_private_key_file is None:
+            raise _error(
+                f"PODIUM_JWT_ALGORITHM={self.jwt_algorithm} is invalid: "
+                "expected PODIUM_JWT_PRIVATE_KEY_FILE to be set as well"
+            )
+        if self.jwt_external_jwks_file is not None and (
+            self.jwt_external_issuer is None or self.jwt_external_audience is None
+        ):
+            raise _error(
+                "PODIUM_JWT_EXTERNAL_JWKS_FILE is set: expected PODIUM_JWT_EXTERNAL_ISSUER "
+                "and PODIUM_JWT_EXTERNAL_AUDIENCE as well"
+            )
         # Both listeners bind bind_host; the same fixed port would only fail
         # later, at bind time, with a less helpful message.
         if self.ws_port != 0 and self.ws_port == self.http_port:

@@ -89,6 +89,10 @@ def create_app(services: NodeServices) -> QuartTrio:
             body |= error_body("not_ready", f"node is not ready ({failing})")
         return body, 200 if ready else 503
 
+    from server.http_api import register_api
+
+    register_api(app, services)
+
     @app.get("/metrics")
     async def metrics() -> Response:
         from server.metrics import CONTENT_TYPE

@@ -16,17 +16,25 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
 import trio_asyncio
 
+from actors.catalog import CatalogActor
+from actors.ledger import LedgerActor
+from actors.ranking import RankingActor, RankingClient
 from actors.supervisor import ActorFailed, ChildSpec, RestartWithBackoff, StopNode, Supervisor
 from config import Settings
+from protocol import action_token
+from protocol.action_token import ActionTypeRule
+from server.auth import AuthService, keyring_from_settings
 from server.http_app import check_with_timeout, create_app
 from server.http_server import HttpServer
 from server.metrics import NodeMetrics
 from server.migrations import Migration, load_migrations
+from server.score_path import ScorePath
 from server.stores.pg_store import PostgresStore, open_postgres
 from server.stores.redis_store import RedisStore, open_redis
 from server.ws_listener import WsListener
@@ -71,6 +79,13 @@ class NodeServices:
     postgres: PostgresStore
     metrics: NodeMetrics
     migrations: tuple[Migration, ...]
+    catalog: CatalogActor
+    ranking: RankingClient
+    ranking_ready: Callable[[], bool]
+    auth: AuthService
+    score_path: ScorePath
+    action_key: str
+    action_rules: dict[str, ActionTypeRule]
     draining: trio.Event = field(default_factory=trio.Event)
 
     async def readiness(self) -> dict[str, str]:
@@ -87,6 +102,7 @@ class NodeServices:
             "postgres": await check_with_timeout(self.postgres.ping),
             "migrations": await check_with_timeout(migrations_current),
         }
+        checks["ranking"] = "ok" if self.ranking_ready() else "rebuilding from postgres"
         checks["node"] = "draining" if self.draining.is_set() else "ok"
         return checks
 
@@ -101,6 +117,10 @@ class Node:
     def __init__(self, settings: Settings) -> None:
         if settings.redis_url is None or settings.database_url is None:
             raise ValueError("a node needs redis_url and database_url")
+        if settings.jwt_secret is None and settings.jwt_algorithm == "HS256":
+            raise ValueError("a node needs jwt_secret (or an RS256/ES256 key)")
+        if settings.action_key is None:
+            raise ValueError("a node needs action_key")
         self.settings = settings
         self.node_id = settings.node_id or default_node_id()
         self.metrics = NodeMetrics(self.node_id)
@@ -144,6 +164,36 @@ class Node:
             if settings.migrate_on_start:
                 applied = await postgres.apply_migrations(migrations)
                 log.info("migrations checked", extra={"applied_now": list(applied)})
+            restart = RestartWithBackoff(
+                max_restarts=settings.actor_restart_max,
+                window_s=settings.actor_restart_window_s,
+                initial_backoff_s=settings.actor_backoff_initial_s,
+                max_backoff_s=settings.actor_backoff_max_s,
+            )
+            # Actors are made once and re-run after a failure, so that their
+            # inboxes (and the clients holding them) survive a restart.
+            catalog = CatalogActor(postgres, poll_s=settings.revocation_poll_s)
+            ranking_client, ranking_inbox = RankingActor.open_inbox(
+                settings.ranking_queue_size, timeout_s=settings.submit_timeout_s
+            )
+            ranking = RankingActor(
+                redis=redis,
+                postgres=postgres,
+                boards=catalog.boards,
+                key_prefix=settings.redis_key_prefix,
+                publish_top_n=settings.ranking_publish_top_n,
+                inbox=ranking_inbox,
+                node_id=self.node_id,
+            )
+            ledger_client, ledger_inbox = LedgerActor.open_inbox(settings.ledger_queue_size)
+            ledger = LedgerActor(
+                postgres=postgres,
+                ranking=ranking_client,
+                batch_max=settings.ledger_batch_max,
+                linger_s=settings.ledger_linger_s,
+                inbox=ledger_inbox,
+            )
+            assert settings.action_key is not None
             services = NodeServices(
                 settings=settings,
                 node_id=self.node_id,
@@ -151,17 +201,28 @@ class Node:
                 postgres=postgres,
                 metrics=self.metrics,
                 migrations=migrations,
+                catalog=catalog,
+                ranking=ranking_client,
+                ranking_ready=lambda: not ranking.rebuilding,
+                auth=AuthService(
+                    settings,
+                    keyring=keyring_from_settings(settings),
+                    postgres=postgres,
+                    catalog=catalog,
+                ),
+                score_path=ScorePath(
+                    settings, catalog=catalog, ledger=ledger_client, ranking=ranking_client
+                ),
+                action_key=settings.action_key,
+                action_rules=action_token.parse_action_types(settings.action_types),
                 draining=self._draining,
-            )
-            restart = RestartWithBackoff(
-                max_restarts=settings.actor_restart_max,
-                window_s=settings.actor_restart_window_s,
-                initial_backoff_s=settings.actor_backoff_initial_s,
-                max_backoff_s=settings.actor_backoff_max_s,
             )
             app = create_app(services)
             self._supervisor = Supervisor(
                 [
+                    ChildSpec("catalog", lambda: catalog, restart),
+                    ChildSpec("ranking", lambda: ranking, restart),
+                    ChildSpec("ledger", lambda: ledger, restart),
                     ChildSpec("http", lambda: HttpServer(app, settings), restart),
                     # Without the listener the node is deaf to its clients:
                     # fail loudly rather than limp along.

@@ -52,7 +52,7 @@ def settings(database: str, redis_url: str, tmp_path: Path) -> Settings:
         data_dir=tmp_path / "data",
         redis_url=redis_url,
         database_url=database,
-        jwt_secret="test-jwt-secret-0123456789",
+        jwt_secret="test-jwt-secret-0123456789-0123456789",
         service_key="test-service-key-0123456789",
         action_key="test-action-key-0123456789",
         admin_token="test-admin-token-0123456789",

@@ -18,14 +18,19 @@ mean a bug propagate unchanged.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+import datetime as dt
+import hashlib
+import ipaddress
+import json
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, Final
 
 import asyncpg
 import trio
 import trio_asyncio
 
-from protocol.errors import Unavailable
+from protocol.errors import Conflict, NotFound, Unavailable
+from protocol.leaderboards import Board, LedgerResult, RecordState, Submission
 from server.migrations import Migration, MigrationError, MigrationStatus, status
 
 # pg_advisory_lock key for migrations: "podium" in ASCII, as a bigint.
@@ -69,6 +74,11 @@ class PostgresStore:
             raise Unavailable(
                 f"PostgreSQL is unavailable: {type(exc).__name__}", code="database_unavailable"
             ) from exc
+        except (asyncpg.UndefinedTableError, asyncpg.UndefinedFunctionError) as exc:
+            raise Unavailable(
+                "the database schema is not migrated; run `podium migrate`",
+                code="schema_not_migrated",
+            ) from exc
 
     async def ping(self) -> None:
         """Run a trivial query; raise :class:`Unavailable` if it fails."""
@@ -83,6 +93,193 @@ class PostgresStore:
         """Run one statement outside any batch. For admin and tests, not hot paths."""
         result: str = await self._call(self._pool.execute, query, *args)
         return result
+
+    # ---- the ledger
+
+    async def apply_scores(self, batch: Sequence[Submission]) -> list[LedgerResult]:
+        """Commit ``batch`` in one transaction; one result per submission, in order.
+
+        Either every submission's effect is committed or none is (the call
+        raises). Submissions are applied sorted by (leaderboard, user) — the
+        lock order that keeps concurrent batches from deadlocking — and stable,
+        so one user's submissions apply in the order given.
+        """
+        order = sorted(range(len(batch)), key=lambda i: (batch[i].leaderboard, batch[i].user_id))
+        ordered = [batch[i] for i in order]
+        rows = await self._call(self._apply_scores_aio, ordered)
+        results: list[LedgerResult | None] = [None] * len(batch)
+        for row in rows:
+            position = order[row["idx"] - 1]
+            results[position] = _ledger_result(ordered[row["idx"] - 1], row)
+        assert all(result is not None for result in results)
+        return results  # type: ignore[return-value]
+
+    # ---- accounts and sessions
+
+    async def device_user(self, device_id: str, username: str | None) -> tuple[str, str]:
+        """(user_id, username) of the device's user, creating it on first sight."""
+        row = await self._call(self._device_user_aio, device_id, username)
+        return str(row["id"]), row["username"]
+
+    async def create_user(self, username: str, email: str, password_hash: str) -> str:
+        """A new user with a password; :class:`Conflict` if the name or email is taken."""
+        try:
+            user_id = await self._call(
+                self._pool.fetchval,
+                "INSERT INTO users (username, email, password_hash) VALUES ($1, $2, $3) "
+                "RETURNING id",
+                username,
+                email,
+                password_hash,
+            )
+        except asyncpg.UniqueViolationError as exc:
+            raise _taken(exc) from None
+        return str(user_id)
+
+    async def login_candidate(self, login: str) -> dict[str, Any] | None:
+        """id, username, password_hash and status of the user named or mailed ``login``."""
+        row = await self._call(
+            self._pool.fetchrow,
+            "SELECT id, username, password_hash, status FROM users "
+            "WHERE username = $1 OR lower(email) = lower($1) LIMIT 1",
+            login,
+        )
+        return None if row is None else dict(row) | {"id": str(row["id"])}
+
+    async def create_session(
+        self, user_id: str, *, ttl_s: int, refresh_hash: bytes, metadata: dict[str, Any]
+    ) -> str:
+        session_id = await self._call(
+            self._pool.fetchval,
+            "INSERT INTO user_sessions (user_id, expires_at, refresh_hash, metadata) "
+            "VALUES ($1, now() + make_interval(secs => $2), $3, $4::jsonb) RETURNING session_id",
+            user_id,
+            float(ttl_s),
+            refresh_hash,
+            json.dumps(metadata),
+        )
+        return str(session_id)
+
+    async def rotate_refresh(
+        self, session_id: str, old_hash: bytes, new_hash: bytes
+    ) -> tuple[str, str] | None:
+        """Swap a live session's refresh secret; (user_id, username), or None if not live."""
+        row = await self._call(
+            self._pool.fetchrow,
+            "UPDATE user_sessions s SET refresh_hash = $3 FROM users u "
+            "WHERE s.session_id = $1 AND s.refresh_hash = $2 AND s.revoked_at IS NULL "
+            "AND s.expires_at > now() AND u.id = s.user_id AND u.status <> 'banned' "
+            "RETURNING u.id, u.username",
+            session_id,
+            old_hash,
+            new_hash,
+        )
+        return None if row is None else (str(row["id"]), row["username"])
+
+    async def revoke_session(self, session_id: str) -> None:
+        await self._call(
+            self._pool.execute,
+            "UPDATE user_sessions SET revoked_at = now() "
+            "WHERE session_id = $1 AND revoked_at IS NULL",
+            session_id,
+        )
+
+    async def revoked_sessions_since(
+        self, since: dt.datetime | None
+    ) -> tuple[list[tuple[str, float]], dt.datetime]:
+        """Sessions revoked after ``since`` (all still unexpired ones if None).
+
+        Returns ([(session_id, expires_at as unix seconds)], the newest
+        revoked_at seen — pass it back next time).
+        """
+        rows, now = await self._call(self._revoked_aio, since)
+        newest = max((row["revoked_at"] for row in rows), default=since or now)
+        return [(str(r["session_id"]), r["expires_at"].timestamp()) for r in rows], newest
+
+    # ---- leaderboards
+
+    async def leaderboards(self) -> list[Board]:
+        rows = await self._call(
+            self._pool.fetch,
+            "SELECT id, sort_order, operator, reset_schedule, current_period FROM leaderboards",
+        )
+        return [_board(row) for row in rows]
+
+    async def create_leaderboard(self, board: Board, *, actor: str) -> Board:
+        """Create ``board`` and write the audit row, in one transaction."""
+        try:
+            row = await self._call(self._board_change_aio, "create", board, actor)
+        except asyncpg.UniqueViolationError:
+            raise Conflict(
+                f"leaderboard {board.id!r} already exists", code="leaderboard_exists"
+            ) from None
+        return _board(row)
+
+    async def update_leaderboard(self, board: Board, *, actor: str) -> Board:
+        """Change a board's reset schedule and write the audit row, in one transaction."""
+        row = await self._call(self._board_change_aio, "update", board, actor)
+        if row is None:
+            raise NotFound(f"no leaderboard {board.id!r}", code="leaderboard_not_found")
+        return _board(row)
+
+    async def records_page(
+        self, board: Board, *, after_user: str | None, limit: int
+    ) -> list[RecordState]:
+        """One page of a board's records in user-id order, for rebuilds."""
+        rows = await self._call(
+            self._pool.fetch,
+            "SELECT r.user_id, u.username, r.score, r.reached_at, r.version "
+            "FROM leaderboard_records r JOIN users u ON u.id = r.user_id "
+            "WHERE r.leaderboard_id = $1 AND r.period = $2 "
+            "AND ($3::uuid IS NULL OR r.user_id > $3::uuid) "
+            "ORDER BY r.user_id LIMIT $4",
+            board.id,
+            board.current_period,
+            after_user,
+            limit,
+        )
+        return [_state(board.id, board.current_period, board.descending, row) for row in rows]
+
+    async def records_changed_since(self, since: dt.datetime) -> list[tuple[str, RecordState]]:
+        """(leaderboard, state) of every current-period record changed after ``since``."""
+        rows = await self._call(
+            self._pool.fetch,
+            "SELECT r.leaderboard_id, r.period, b.sort_order, r.user_id, u.username, r.score, "
+            "r.reached_at, r.version FROM leaderboard_records r "
+            "JOIN leaderboards b ON b.id = r.leaderboard_id AND b.current_period = r.period "
+            "JOIN users u ON u.id = r.user_id WHERE r.updated_at >= $1",
+            since,
+        )
+        return [
+            (
+                row["leaderboard_id"],
+                _state(row["leaderboard_id"], row["period"], row["sort_order"] == "desc", row),
+            )
+            for row in rows
+        ]
+
+    async def now(self) -> dt.datetime:
+        """PostgreSQL's clock."""
+        value: dt.datetime = await self._call(self._pool.fetchval, "SELECT now()")
+        return value
+
+    async def history(
+        self, user_id: str, leaderboard: str | None, *, limit: int, before_id: int | None
+    ) -> list[dict[str, Any]]:
+        """A user's score history, newest first, paged by ``before_id``."""
+        rows = await self._call(
+            self._pool.fetch,
+            "SELECT id, leaderboard_id, score_increment, old_score, new_score, action_type, "
+            "created_at FROM score_history WHERE user_id = $1 "
+            "AND ($2::text IS NULL OR leaderboard_id = $2) "
+            "AND ($3::bigint IS NULL OR id < $3) AND removed_at IS NULL "
+            "ORDER BY created_at DESC, id DESC LIMIT $4",
+            user_id,
+            leaderboard,
+            before_id,
+            limit,
+        )
+        return [dict(row) for row in rows]
 
     async def migration_status(self, migrations: tuple[Migration, ...]) -> MigrationStatus:
         applied = await self._call(self._applied_aio)
@@ -105,6 +302,108 @@ class PostgresStore:
         return result
 
     # ---- asyncio side: everything below runs on the asyncio loop
+
+    async def _apply_scores_aio(self, batch: Sequence[Submission]) -> list[Any]:
+        args = (
+            [s.user_id for s in batch],
+            [s.leaderboard for s in batch],
+            [s.delta for s in batch],
+            [s.action_type for s in batch],
+            [s.token_hash for s in batch],
+            [s.nonce for s in batch],
+            [_inet(s.ip) for s in batch],
+            [s.user_agent for s in batch],
+        )
+        for attempt in range(3):
+            try:
+                async with self._pool.acquire() as conn, conn.transaction():
+                    return list(
+                        await conn.fetch(
+                            "SELECT * FROM podium_apply_scores($1::uuid[], $2::text[], "
+                            "$3::bigint[], $4::text[], $5::bytea[], $6::text[], $7::inet[], "
+                            "$8::text[])",
+                            *args,
+                        )
+                    )
+            except asyncpg.DeadlockDetectedError:
+                # Only possible if two batches share a nonce in a different
+                # order; the transaction rolled back whole, so retrying is safe.
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _board_change_aio(self, op: str, board: Board, actor: str) -> Any:
+        returning = "RETURNING id, sort_order, operator, reset_schedule, current_period"
+        async with self._pool.acquire() as conn, conn.transaction():
+            if op == "create":
+                row = await conn.fetchrow(
+                    "INSERT INTO leaderboards (id, sort_order, operator, reset_schedule) "
+                    f"VALUES ($1, $2, $3, $4) {returning}",
+                    board.id,
+                    board.sort_order,
+                    board.operator,
+                    board.reset_schedule,
+                )
+            else:
+                row = await conn.fetchrow(
+                    "UPDATE leaderboards SET reset_schedule = $2, updated_at = now() "
+                    f"WHERE id = $1 {returning}",
+                    board.id,
+                    board.reset_schedule,
+                )
+            if row is not None:
+                await conn.execute(
+                    "INSERT INTO audit_log (actor, action, target, details) "
+                    "VALUES ($1, $2, $3, $4::jsonb)",
+                    actor,
+                    f"leaderboard.{op}",
+                    board.id,
+                    json.dumps(
+                        {
+                            "sort_order": board.sort_order,
+                            "operator": board.operator,
+                            "reset_schedule": board.reset_schedule,
+                        }
+                    ),
+                )
+            return row
+
+    async def _device_user_aio(self, device_id: str, username: str | None) -> Any:
+        async with self._pool.acquire() as conn:
+            row = await conn.fetchrow(
+                "SELECT id, username FROM users WHERE device_id = $1", device_id
+            )
+            if row is not None:
+                return row
+            name = username or f"player-{device_id_suffix(device_id)}"
+            try:
+                return await conn.fetchrow(
+                    "INSERT INTO users (username, device_id) VALUES ($1, $2) "
+                    "ON CONFLICT (device_id) DO UPDATE SET device_id = EXCLUDED.device_id "
+                    "RETURNING id, username",
+                    name,
+                    device_id,
+                )
+            except asyncpg.UniqueViolationError as exc:
+                raise _taken(exc) from None
+
+    async def _revoked_aio(self, since: dt.datetime | None) -> tuple[list[Any], dt.datetime]:
+        async with self._pool.acquire() as conn:
+            now = await conn.fetchval("SELECT now()")
+            if since is None:
+                rows = await conn.fetch(
+                    "SELECT session_id, revoked_at, expires_at FROM user_sessions "
+                    "WHERE revoked_at IS NOT NULL AND expires_at > now()"
+                )
+            else:
+                # Overlap the last poll: a revocation stamped just before it
+                # may have committed just after it.
+                rows = await conn.fetch(
+                    "SELECT session_id, revoked_at, expires_at FROM user_sessions "
+                    "WHERE revoked_at > $1::timestamptz - interval '5 seconds'",
+                    since,
+                )
+            return list(rows), now
 
     async def _applied_aio(self) -> dict[int, str]:
         async with self._pool.acquire() as conn:
@@ -202,6 +501,80 @@ async def _admin_aio(admin_dsn: str, op: str, name: str, template: str | None) -
         await conn.execute(sql)
     finally:
         await conn.close()
+
+
+def device_id_suffix(device_id: str) -> str:
+    return hashlib.sha256(device_id.encode()).hexdigest()[:10]
+
+
+def _inet(ip: str | None) -> Any:
+    if ip is None:
+        return None
+    try:
+        return ipaddress.ip_address(ip)
+    except ValueError:
+        return None
+
+
+_EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def _micros(moment: dt.datetime) -> int:
+    return (moment - _EPOCH) // dt.timedelta(microseconds=1)
+
+
+def _board(row: Any) -> Board:
+    return Board(
+        id=row["id"],
+        sort_order=row["sort_order"],
+        operator=row["operator"],
+        reset_schedule=row["reset_schedule"],
+        current_period=row["current_period"],
+    )
+
+
+def _state(board_id: str, period: int, descending: bool, row: Any) -> RecordState:
+    return RecordState(
+        leaderboard=board_id,
+        period=period,
+        descending=descending,
+        user_id=str(row["user_id"]),
+        username=row["username"],
+        score=row["score"],
+        reached_at_us=_micros(row["reached_at"]),
+        version=row["version"],
+    )
+
+
+def _ledger_result(submission: Submission, row: Any) -> LedgerResult:
+    if row["status"] != "ok":
+        return LedgerResult(status=row["status"])
+    state = RecordState(
+        leaderboard=submission.leaderboard,
+        period=row["period"],
+        descending=row["sort_order"] == "desc",
+        user_id=submission.user_id,
+        username=row["username"],
+        score=row["new_score"],
+        reached_at_us=_micros(row["reached_at"]),
+        version=row["version"],
+    )
+    return LedgerResult(
+        status="ok",
+        old_score=row["old_score"],
+        new_score=row["new_score"],
+        changed=row["changed"],
+        state=state,
+    )
+
+
+def _taken(exc: Exception) -> Conflict:
+    constraint = getattr(exc, "constraint_name", "") or ""
+    if "email" in constraint:
+        return Conflict("that email is already registered", code="email_taken")
+    if "device" in constraint:
+        return Conflict("that device is already registered", code="device_taken")
+    return Conflict("that username is taken", code="username_taken")
 
 
 def _quote_ident(name: str) -> str:

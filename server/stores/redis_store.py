@@ -2,22 +2,31 @@
 
 redis.asyncio is an asyncio library; Podium runs it under Trio through
 trio-asyncio. Every public method is a Trio coroutine that crosses into
-asyncio once — batch work into one method call (a pipeline), never one call
-per item. Only the ranking actor holds a :class:`RedisStore` on the hot path.
+asyncio once: :meth:`RedisStore.pipeline` sends a whole batch of commands
+and Lua script calls in one round trip. Only the ranking actor holds a
+:class:`RedisStore` on the hot path.
+
+Lua scripts live beside this module in ``lua/*.lua`` and are called by name
+with :class:`Script`; they are run with EVALSHA and loaded on first use.
 
 *Resource handling*: :func:`open_redis` owns a connection pool for the
 duration of its ``async with`` block; it must run inside
 ``trio_asyncio.open_loop()``.
 
 *Error handling*: connection failures and timeouts surface as
-:class:`protocol.errors.Unavailable`.
+:class:`protocol.errors.Unavailable`. Inside a pipeline, a command's own
+error (a wrong type, a script error) is returned in its slot as a
+:class:`CommandError` rather than failing the batch.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
-from typing import Any
+import hashlib
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Final
 
 import redis.asyncio as aioredis
 import redis.exceptions
@@ -32,6 +41,40 @@ _UNAVAILABLE = (
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
 )
+
+
+def _load_scripts() -> dict[str, tuple[str, str]]:
+    scripts: dict[str, tuple[str, str]] = {}
+    for entry in resources.files("server.stores").joinpath("lua").iterdir():
+        if entry.name.endswith(".lua"):
+            source = entry.read_text(encoding="utf-8")
+            scripts[entry.name.removesuffix(".lua")] = (
+                source,
+                hashlib.sha1(source.encode()).hexdigest(),
+            )
+    return scripts
+
+
+SCRIPTS: Final = _load_scripts()
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    """A call of the Lua script ``lua/<name>.lua`` in a pipeline."""
+
+    name: str
+    keys: Sequence[str]
+    args: Sequence[str | int | float | bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class CommandError:
+    """The error one command of a pipeline answered with."""
+
+    message: str
+
+
+Command = tuple[Any, ...] | Script
 
 
 class RedisStore:
@@ -58,10 +101,64 @@ class RedisStore:
         """PING; raise :class:`Unavailable` if Redis does not answer."""
         await self._call(self._client.ping)
 
-    async def info(self, section: str) -> dict[str, Any]:
-        """One INFO section, parsed."""
-        result: dict[str, Any] = await self._call(self._client.info, section)
+    async def pipeline(self, commands: Sequence[Command]) -> list[Any]:
+        """Run ``commands`` in one round trip (not a transaction); one result each.
+
+        A command is a tuple of Redis arguments (``("ZSCORE", key, member)``)
+        or a :class:`Script`. Replies are decoded as bytes → str where they are
+        bulk strings; a failed command's slot holds a :class:`CommandError`.
+        """
+        if not commands:
+            return []
+        result: list[Any] = await self._call(self._pipeline_aio, commands)
         return result
+
+    # ---- asyncio side
+
+    async def _pipeline_aio(self, commands: Sequence[Command]) -> list[Any]:
+        results = await self._execute_aio(commands)
+        missing = [
+            i
+            for i, result in enumerate(results)
+            if isinstance(result, CommandError) and result.message.startswith("NOSCRIPT")
+        ]
+        if missing:
+            # First use of a script on this server (or after SCRIPT FLUSH):
+            # load what is missing, then run just the calls that failed.
+            names = {c.name for c in (commands[i] for i in missing) if isinstance(c, Script)}
+            loader = self._client.pipeline(transaction=False)
+            for name in names:
+                loader.execute_command("SCRIPT", "LOAD", SCRIPTS[name][0])
+            await loader.execute()
+            retried = await self._execute_aio([commands[i] for i in missing])
+            for i, result in zip(missing, retried, strict=True):
+                results[i] = result
+        return results
+
+    async def _execute_aio(self, commands: Sequence[Command]) -> list[Any]:
+        pipe = self._client.pipeline(transaction=False)
+        for command in commands:
+            if isinstance(command, Script):
+                sha = SCRIPTS[command.name][1]
+                pipe.execute_command(
+                    "EVALSHA", sha, len(command.keys), *command.keys, *command.args
+                )
+            else:
+                pipe.execute_command(*command)
+        raw = await pipe.execute(raise_on_error=False)
+        return [_decode(item) for item in raw]
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "surrogateescape")
+    if isinstance(value, list):
+        return [_decode(item) for item in value]
+    if isinstance(value, redis.exceptions.ResponseError):
+        return CommandError(str(value))
+    if isinstance(value, _UNAVAILABLE):
+        raise value
+    return value
 
 
 @contextlib.asynccontextmanager
@@ -72,7 +169,10 @@ async def open_redis(url: str, *, timeout_s: float = 2.0) -> AsyncIterator[Redis
     that Redis is there.
     """
     client = aioredis.Redis.from_url(
-        url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, health_check_interval=30
+        url,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        health_check_interval=30,
     )
     try:
         yield RedisStore(client, timeout_s=timeout_s)

@@ -6,7 +6,7 @@ import pytest
 
 from config import SettingInfo, Settings, SettingsError, describe
 
-SECRET = "s3cret-value-0123456789"  # 23 characters, over the 16 minimum
+SECRET = "s3cret-value-0123456789-0123456789"  # 34 characters, over every minimum
 
 # The table from the design brief, restated here so a changed default is a
 # deliberate edit in two places rather than a silent drift.
@@ -21,6 +21,32 @@ EXPECTED_DEFAULTS: dict[str, object] = {
     "service_key": None,
     "action_key": None,
     "admin_token": None,
+    "jwt_algorithm": "HS256",
+    "jwt_private_key_file": None,
+    "jwt_previous_public_key_files": None,
+    "jwt_issuer": "podium",
+    "jwt_audience": "podium",
+    "jwt_access_ttl_s": 900,
+    "jwt_refresh_ttl_s": 2592000,
+    "jwt_leeway_s": 5.0,
+    "jwt_external_jwks_file": None,
+    "jwt_external_issuer": None,
+    "jwt_external_audience": None,
+    "action_key_id": "k1",
+    "action_retired_keys": None,
+    "action_token_ttl_s": 300,
+    "action_token_max_lifetime_s": 3600,
+    "action_types": "score:1:10000",
+    "allow_unknown_action_types": False,
+    "ledger_batch_max": 500,
+    "ledger_linger_s": 0.005,
+    "ledger_queue_size": 10000,
+    "submit_timeout_s": 5.0,
+    "ranking_queue_size": 10000,
+    "ranking_publish_top_n": 10,
+    "redis_key_prefix": "podium",
+    "read_max_limit": 100,
+    "revocation_poll_s": 0.5,
     "node_id": None,
     "log_level": "info",
     "log_format": "json",
@@ -40,7 +66,7 @@ EXPECTED_DEFAULTS: dict[str, object] = {
     "actor_backoff_initial_s": 0.1,
     "actor_backoff_max_s": 5.0,
 }
-SECRET_FIELDS = {"jwt_secret", "service_key", "action_key", "admin_token"}
+SECRET_FIELDS = {"jwt_secret", "service_key", "action_key", "admin_token", "action_retired_keys"}
 
 
 def write_toml(tmp_path: Path, text: str) -> Path:
@@ -126,7 +152,8 @@ def test_non_podium_environment_variables_are_ignored() -> None:
         ("PODIUM_REDIS_URL", "unix:///run/redis.sock", "redis_url", "unix:///run/redis.sock"),
         ("PODIUM_REDIS_URL", "", "redis_url", None),
         ("PODIUM_DATABASE_URL", "postgres://u@db/podium", "database_url", "postgres://u@db/podium"),
-        ("PODIUM_JWT_SECRET", "x" * 16, "jwt_secret", "x" * 16),
+        ("PODIUM_JWT_SECRET", "x" * 32, "jwt_secret", "x" * 32),
+        ("PODIUM_SERVICE_KEY", "x" * 16, "service_key", "x" * 16),
         ("PODIUM_JWT_SECRET", "", "jwt_secret", None),
         ("PODIUM_GRACEFUL_TIMEOUT_S", "0.5", "graceful_timeout_s", 0.5),
         ("PODIUM_GRACEFUL_TIMEOUT_S", "300", "graceful_timeout_s", 300.0),
@@ -187,12 +214,17 @@ SECRET_RULE = "expected a secret of at least 16 characters with no surrounding w
         ),
         (
             # A rejected secret is never echoed, not even a short one.
-            {"PODIUM_JWT_SECRET": "short"},
-            f"PODIUM_JWT_SECRET=<hidden, 5 characters> is invalid: {SECRET_RULE}",
+            {"PODIUM_JWT_SECRET": "x" * 31},
+            "PODIUM_JWT_SECRET=<hidden, 31 characters> is invalid: expected a secret of at "
+            "least 32 characters with no surrounding whitespace",
+        ),
+        (
+            {"PODIUM_SERVICE_KEY": "short"},
+            f"PODIUM_SERVICE_KEY=<hidden, 5 characters> is invalid: {SECRET_RULE}",
         ),
         (
             {"PODIUM_ADMIN_TOKEN": f" {SECRET}"},
-            f"PODIUM_ADMIN_TOKEN=<hidden, 24 characters> is invalid: {SECRET_RULE}",
+            f"PODIUM_ADMIN_TOKEN=<hidden, 35 characters> is invalid: {SECRET_RULE}",
         ),
         (
             {"PODIUM_GRACEFUL_TIMEOUT_S": "nan"},

@@ -28,7 +28,13 @@ async def test_health_ready_and_metrics(settings: Settings) -> None:
         assert ready.status_code == 200
         assert ready.json() == {
             "status": "ready",
-            "checks": {"redis": "ok", "postgres": "ok", "migrations": "ok", "node": "ok"},
+            "checks": {
+                "redis": "ok",
+                "postgres": "ok",
+                "migrations": "ok",
+                "ranking": "ok",
+                "node": "ok",
+            },
         }
 
         metrics = await http.get("/metrics")

@@ -1,0 +1,134 @@
+"""The ledger actor: commits accepted submissions to PostgreSQL in batches.
+
+Submissions queue in a bounded inbox. The actor takes the first, lingers
+``linger_s`` for more (up to ``batch_max``), and commits them all in **one**
+transaction (:meth:`server.stores.pg_store.PostgresStore.apply_scores`).
+Only after the commit does anything answer: each committed submission is
+handed, with its requester's reply channel, to the ranking actor — which
+applies it to Redis and answers with the rank — and every other outcome is
+answered here at once. The hand-over happens in this actor, not in the
+request, so a client that disconnects cannot leave a committed score out of
+the ranking.
+
+*Error handling*: if PostgreSQL cannot commit, the transaction rolled back
+whole: every submission of the batch is answered with 503 and nothing was
+applied.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import outcome
+import trio
+
+from actors.ranking import RankingClient, Reply, answer
+from protocol.errors import Unavailable
+from protocol.leaderboards import LedgerResult, Submission
+from server.stores.pg_store import PostgresStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class _Pending:
+    submission: Submission
+    reply: Reply
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerStatistics:
+    batches: int
+    committed: int
+    queued: int
+
+
+class LedgerActor:
+    """See the module docstring. Reach it through :class:`LedgerClient`."""
+
+    def __init__(
+        self,
+        *,
+        postgres: PostgresStore,
+        ranking: RankingClient,
+        batch_max: int,
+        linger_s: float,
+        inbox: trio.MemoryReceiveChannel[Any],
+    ) -> None:
+        self._postgres = postgres
+        self._ranking = ranking
+        self._batch_max = batch_max
+        self._linger_s = linger_s
+        self._receive: trio.MemoryReceiveChannel[_Pending] = inbox
+        self._batches = 0
+        self._committed = 0
+
+    @staticmethod
+    def open_inbox(queue_size: int) -> tuple[LedgerClient, trio.MemoryReceiveChannel[Any]]:
+        """The actor's inbox, made apart from it so it survives restarts: (client, inbox)."""
+        send, receive = trio.open_memory_channel[_Pending](queue_size)
+        return LedgerClient(send), receive
+
+    def statistics(self) -> LedgerStatistics:
+        return LedgerStatistics(
+            batches=self._batches,
+            committed=self._committed,
+            queued=self._receive.statistics().current_buffer_used,
+        )
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            batch = [await self._receive.receive()]
+            with trio.move_on_after(self._linger_s):
+                while len(batch) < self._batch_max:
+                    batch.append(await self._receive.receive())
+            # Whatever else is already waiting rides along for free.
+            while len(batch) < self._batch_max:
+                try:
+                    batch.append(self._receive.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            await self._commit(batch)
+
+    async def _commit(self, batch: list[_Pending]) -> None:
+        try:
+            results = await self._postgres.apply_scores([p.submission for p in batch])
+        except Unavailable as exc:
+            log.warning(
+                "ledger batch not committed", extra={"size": len(batch), "error": exc.message}
+            )
+            for pending in batch:
+                answer(pending.reply, outcome.Error(exc))
+            return
+        self._batches += 1
+        for pending, result in zip(batch, results, strict=True):
+            if result.status == "ok" and result.state is not None:
+                self._committed += 1
+                await self._ranking.send_apply(result.state, result, pending.reply)
+            else:
+                answer(pending.reply, outcome.Value((result, None)))
+
+
+@dataclass(slots=True)
+class LedgerClient:
+    """How the score path hands submissions to the ledger."""
+
+    _inbox: trio.MemorySendChannel[_Pending]
+
+    async def submit(self, submission: Submission) -> tuple[LedgerResult, int | None]:
+        """Commit ``submission``; (its result, the user's rank after it, if known).
+
+        Raises :class:`Unavailable` if the queue is full or PostgreSQL cannot commit.
+        """
+        send, receive = trio.open_memory_channel[outcome.Outcome[Any]](1)
+        try:
+            self._inbox.send_nowait(_Pending(submission, send))
+        except trio.WouldBlock:
+            raise Unavailable(
+                "too many score submissions are waiting; retry shortly", code="overloaded"
+            ) from None
+        answer: tuple[LedgerResult, int | None] = (await receive.receive()).unwrap()
+        return answer

@@ -1,0 +1,481 @@
+"""The ranking actor: the only owner of Redis.
+
+Everything that touches Redis — applying committed scores, claiming action
+nonces, reading ranks — is a request to this actor. It takes whatever
+requests are waiting, turns them into **one** pipelined round trip, and
+answers each request on its own reply channel. Concurrent requests therefore
+batch themselves: one Lua call per touched leaderboard applies all its
+records and publishes the board's new top N with the next sequence number.
+
+Redis is an index of PostgreSQL, never the truth. Record states carry a
+version and are applied only if newer (``lua/apply_records.lua``), so the
+actor may apply them late, twice or after a rebuild. It **rebuilds** every
+leaderboard from PostgreSQL in bulk at start and whenever it finds Redis
+empty (the epoch key is gone: a restart or FLUSHALL); while it rebuilds,
+reads answer 503 rather than wrong ranks. If Redis was unreachable while
+scores committed, it catches up from PostgreSQL when Redis answers again.
+
+*Resource handling*: the inbox is bounded (``ranking_queue_size``); a full
+inbox makes new requests fail with 503 at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import secrets
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+import outcome
+import trio
+
+from protocol.errors import Unavailable
+from protocol.leaderboards import Board, Entry, LedgerResult, RecordState
+from server.stores.pg_store import PostgresStore
+from server.stores.redis_store import Command, CommandError, RedisStore, Script
+
+log = logging.getLogger(__name__)
+
+_MAX_BATCH: Final = 2000
+_REBUILD_PAGE: Final = 5000
+_CATCH_UP_MARGIN: Final = dt.timedelta(seconds=10)
+_REBUILD_LOCK_TTL_S: Final = 120
+_IDLE_CHECK_S: Final = 1.0
+
+
+class Keys:
+    """Redis key and channel names. A board period's keys share a hash tag (Redis Cluster)."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.epoch = f"{prefix}:epoch"
+        self.rebuild_lock = f"{prefix}:rebuild-lock"
+
+    def board(self, board_id: str, period: int, *, suffix: str = "") -> tuple[str, str, str]:
+        tag = f"{self.prefix}:lb:{{{board_id}:{period}}}"
+        return f"{tag}:z{suffix}", f"{tag}:m{suffix}", f"{tag}:seq"
+
+    def channel(self, board_id: str) -> str:
+        return f"{self.prefix}:lb:{board_id}:updates"
+
+    def nonce(self, nonce: str) -> str:
+        return f"{self.prefix}:nonce:{nonce}"
+
+
+Reply = trio.MemorySendChannel[outcome.Outcome[Any]]
+
+
+@dataclass(slots=True)
+class _Apply:
+    state: RecordState
+    result: LedgerResult
+    reply: Reply | None
+
+
+@dataclass(slots=True)
+class _Nonce:
+    nonce: str
+    ttl_s: int
+    claim: bool
+    reply: Reply | None
+
+
+@dataclass(slots=True)
+class _Read:
+    board: Board
+    mode: Literal["range", "around", "users"]
+    args: list[str]
+    reply: Reply
+
+
+_Request = _Apply | _Nonce | _Read
+
+
+@dataclass(frozen=True, slots=True)
+class RankingStatistics:
+    rebuilding: bool
+    rebuilds: int
+    batches: int
+    queued: int
+
+
+@dataclass(slots=True)
+class _Counters:
+    rebuilds: int = 0
+    batches: int = 0
+
+
+def answer(reply: Reply | None, value: outcome.Outcome[Any]) -> None:
+    """Send ``value`` to a requester, unless it has stopped waiting."""
+    if reply is None:
+        return
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, trio.WouldBlock):
+        reply.send_nowait(value)
+
+
+class RankingActor:
+    """See the module docstring. Reach it through :class:`RankingClient`."""
+
+    def __init__(
+        self,
+        *,
+        redis: RedisStore,
+        postgres: PostgresStore,
+        boards: Callable[[], Sequence[Board]],
+        key_prefix: str,
+        publish_top_n: int,
+        inbox: trio.MemoryReceiveChannel[Any],
+        node_id: str,
+    ) -> None:
+        self._redis = redis
+        self._postgres = postgres
+        self._boards = boards
+        self._keys = Keys(key_prefix)
+        self._top_n = publish_top_n
+        self._node_id = node_id
+        self._receive: trio.MemoryReceiveChannel[_Request] = inbox
+        self._rebuilding = False
+        self._epoch: str | None = None
+        self._missed_since: dt.datetime | None = None
+        self._counters = _Counters()
+        self._nursery: trio.Nursery | None = None
+
+    @property
+    def rebuilding(self) -> bool:
+        """True while the rankings are being rebuilt (reads answer 503)."""
+        return self._rebuilding
+
+    def statistics(self) -> RankingStatistics:
+        return RankingStatistics(
+            rebuilding=self._rebuilding,
+            rebuilds=self._counters.rebuilds,
+            batches=self._counters.batches,
+            queued=self._receive.statistics().current_buffer_used,
+        )
+
+    @staticmethod
+    def open_inbox(
+        queue_size: int, *, timeout_s: float
+    ) -> tuple[RankingClient, trio.MemoryReceiveChannel[Any]]:
+        """The actor's inbox, made apart from it so it survives restarts: (client, inbox)."""
+        send, receive = trio.open_memory_channel[_Request](queue_size)
+        return RankingClient(send, timeout_s), receive
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Rebuild, report ready, then serve requests until cancelled.
+
+        The node re-runs the same instance after a failure; what a run
+        needs it sets up here.
+        """
+        self._missed_since = None
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            self._rebuilding = True
+            try:
+                await self._rebuild_once("start")
+            except Unavailable as exc:
+                # Start anyway (reads answer 503, readiness says why) and keep trying.
+                log.warning("redis unavailable at start", extra={"error": exc.message})
+                self._start_rebuild("start, after redis was unavailable")
+            else:
+                self._rebuilding = False
+            task_status.started()
+            while True:
+                batch: list[_Request] = []
+                # An idle node still looks at Redis every second, so it notices a
+                # flushed or restarted Redis without waiting for traffic.
+                with trio.move_on_after(_IDLE_CHECK_S):
+                    batch.append(await self._receive.receive())
+                while len(batch) < _MAX_BATCH:
+                    try:
+                        batch.append(self._receive.receive_nowait())
+                    except trio.WouldBlock:
+                        break
+                await self._execute(batch)
+
+    # ---- one batch, one round trip
+
+    async def _execute(self, batch: list[_Request]) -> None:
+        commands: list[Command] = [("GET", self._keys.epoch)]
+        plan: list[tuple[Any, int]] = []  # (handler info, number of result slots)
+        applies: dict[tuple[str, int], list[_Apply]] = defaultdict(list)
+        for request in batch:
+            if isinstance(request, _Apply):
+                applies[(request.state.leaderboard, request.state.period)].append(request)
+        for group in applies.values():
+            commands.append(self._apply_script(group))
+            plan.append((group, 1))
+        for request in batch:
+            if isinstance(request, _Nonce):
+                key = self._keys.nonce(request.nonce)
+                if request.claim:
+                    commands.append(("SET", key, "1", "NX", "EX", max(1, request.ttl_s)))
+                else:
+                    commands.append(("DEL", key))
+                plan.append((request, 1))
+            elif isinstance(request, _Read):
+                if self._rebuilding:
+                    answer(request.reply, outcome.Error(_rebuilding()))
+                    continue
+                z, m, _ = self._keys.board(request.board.id, request.board.current_period)
+                desc = "1" if request.board.descending else "0"
+                commands.append(Script("read_board", [z, m], [desc, request.mode, *request.args]))
+                plan.append((request, 1))
+        try:
+            results = await self._redis.pipeline(commands)
+        except Unavailable as exc:
+            self._fail(plan, exc)
+            return
+        self._counters.batches += 1
+        epoch, results = results[0], results[1:]
+        for (target, _), result in zip(plan, results, strict=True):
+            self._answer(target, result)
+        if epoch is None and not self._rebuilding:
+            self._start_rebuild("redis has no epoch (restarted or flushed)")
+        elif self._missed_since is not None and not self._rebuilding:
+            since, self._missed_since = self._missed_since, None
+            assert self._nursery is not None
+            self._nursery.start_soon(self._catch_up_task, since)
+        self._epoch = epoch
+
+    def _apply_script(self, group: list[_Apply]) -> Script:
+        first = group[0].state
+        z, m, seq = self._keys.board(first.leaderboard, first.period)
+        args: list[str | int] = [
+            "1" if first.descending else "0",
+            self._top_n,
+            self._keys.channel(first.leaderboard),
+            first.leaderboard,
+        ]
+        for request in group:
+            state = request.state
+            args += [state.user_id, state.score, state.member, state.version, state.username]
+        return Script("apply_records", [z, m, seq], args)
+
+    def _answer(self, target: Any, result: Any) -> None:
+        if isinstance(target, list):  # a group of applies
+            if isinstance(result, CommandError):
+                log.error("applying records failed", extra={"error": result.message})
+                self._note_missed()
+                for request in target:
+                    answer(request.reply, outcome.Value((request.result, None)))
+                return
+            ranks = result[1:]
+            for request, rank in zip(target, ranks, strict=True):
+                shown = None if rank is None or rank < 0 else int(rank) + 1
+                answer(request.reply, outcome.Value((request.result, shown)))
+        elif isinstance(target, _Nonce):
+            if isinstance(result, CommandError):
+                answer(target.reply, outcome.Error(Unavailable(result.message)))
+            else:
+                answer(target.reply, outcome.Value(result is not None and result != 0))
+        elif isinstance(target, _Read):
+            if isinstance(result, CommandError):
+                log.error("reading ranks failed", extra={"error": result.message})
+                answer(target.reply, outcome.Error(Unavailable("reading ranks failed")))
+            else:
+                answer(target.reply, outcome.Value(_entries(result)))
+
+    def _fail(self, plan: list[tuple[Any, int]], error: Unavailable) -> None:
+        for target, _ in plan:
+            if isinstance(target, list):
+                # Committed in PostgreSQL: acknowledge without a rank, catch up later.
+                self._note_missed()
+                for request in target:
+                    answer(request.reply, outcome.Value((request.result, None)))
+            else:
+                answer(target.reply, outcome.Error(error))
+
+    def _note_missed(self) -> None:
+        if self._missed_since is None:
+            self._missed_since = dt.datetime.now(dt.UTC)
+
+    # ---- rebuild and catch-up
+
+    def _start_rebuild(self, why: str) -> None:
+        assert self._nursery is not None
+        self._rebuilding = True
+        self._nursery.start_soon(self._rebuild, why)
+
+    async def _rebuild(self, why: str) -> None:
+        """Rebuild every board from PostgreSQL (or wait while another node does)."""
+        self._rebuilding = True
+        try:
+            while True:
+                try:
+                    await self._rebuild_once(why)
+                    return
+                except Unavailable as exc:
+                    log.warning("rebuild waiting for its stores", extra={"error": exc.message})
+                    await trio.sleep(1.0)
+        finally:
+            self._rebuilding = False
+
+    async def _rebuild_once(self, why: str) -> None:
+        lock = await self._redis.pipeline(
+            [("SET", self._keys.rebuild_lock, self._node_id, "NX", "EX", _REBUILD_LOCK_TTL_S)]
+        )
+        if lock[0] is None:
+            log.info("another node is rebuilding; waiting for it", extra={"reason": why})
+            with trio.move_on_after(_REBUILD_LOCK_TTL_S):
+                # The other node is another process: polling Redis is the only way to know.
+                while (await self._redis.pipeline([("GET", self._keys.epoch)]))[0] is None:  # noqa: ASYNC110
+                    await trio.sleep(0.2)
+            return
+        started = time.monotonic()
+        since = await self._postgres.now() - _CATCH_UP_MARGIN
+        total = 0
+        boards = list(self._boards())
+        log.info("rebuilding rankings from postgres", extra={"reason": why, "boards": len(boards)})
+        for board in boards:
+            count = await self._rebuild_board(board)
+            total += count
+            log.info("leaderboard rebuilt", extra={"leaderboard": board.id, "records": count})
+        await self._catch_up(since)
+        epoch = secrets.token_hex(8)
+        await self._redis.pipeline(
+            [("SET", self._keys.epoch, epoch), ("DEL", self._keys.rebuild_lock)]
+        )
+        self._epoch = epoch
+        self._counters.rebuilds += 1
+        log.info(
+            "rankings rebuilt",
+            extra={"records": total, "seconds": round(time.monotonic() - started, 3)},
+        )
+
+    async def _rebuild_board(self, board: Board) -> int:
+        z, m, seq = self._keys.board(board.id, board.current_period)
+        tmp_z, tmp_m, _ = self._keys.board(board.id, board.current_period, suffix=":rebuild")
+        await self._redis.pipeline([("DEL", tmp_z, tmp_m)])
+        after: str | None = None
+        count = 0
+        while True:
+            page = await self._postgres.records_page(board, after_user=after, limit=_REBUILD_PAGE)
+            if not page:
+                break
+            zadd: list[Any] = ["ZADD", tmp_z]
+            hset: list[Any] = ["HSET", tmp_m]
+            for state in page:
+                zadd += [state.score, state.member]
+                hset += [state.user_id, f"{state.version}|{state.member}|{state.username}"]
+            await self._redis.pipeline([tuple(zadd), tuple(hset)])
+            count += len(page)
+            after = page[-1].user_id
+        # A sequence number that keeps growing across a flush: never below now in µs.
+        floor = time.time_ns() // 1000
+        commands: list[Command] = [("SET", seq, floor, "NX")]
+        if count:
+            commands += [("RENAME", tmp_z, z), ("RENAME", tmp_m, m)]
+        else:
+            commands += [("DEL", z, m)]
+        await self._redis.pipeline(commands)
+        return count
+
+    async def _catch_up_task(self, since: dt.datetime) -> None:
+        try:
+            await self._catch_up(since - _CATCH_UP_MARGIN)
+        except Unavailable:
+            self._missed_since = since
+
+    async def _catch_up(self, since: dt.datetime) -> None:
+        """Apply every record changed since ``since`` (version-guarded, so harmless twice)."""
+        changed = await self._postgres.records_changed_since(since)
+        groups: dict[tuple[str, int], list[_Apply]] = defaultdict(list)
+        for _, state in changed:
+            groups[(state.leaderboard, state.period)].append(
+                _Apply(state=state, result=LedgerResult(status="ok"), reply=None)
+            )
+        if groups:
+            await self._redis.pipeline([self._apply_script(group) for group in groups.values()])
+            log.info("caught up from postgres", extra={"records": len(changed)})
+
+
+def _rebuilding() -> Unavailable:
+    return Unavailable(
+        "rankings are being rebuilt from the database; retry shortly", code="ranking_rebuilding"
+    )
+
+
+def _entries(flat: list[Any]) -> list[Entry]:
+    return [
+        Entry(
+            rank=int(flat[i]) + 1,
+            user_id=flat[i + 1],
+            username=flat[i + 2],
+            score=int(float(flat[i + 3])),
+        )
+        for i in range(0, len(flat), 4)
+    ]
+
+
+class RankingClient:
+    """How other parts of the node talk to the ranking actor.
+
+    Every question is bounded by ``timeout_s``: an actor that restarts
+    mid-batch loses that batch's replies, and its requesters get 503.
+    """
+
+    def __init__(self, inbox: trio.MemorySendChannel[_Request], timeout_s: float) -> None:
+        self._inbox = inbox
+        self._timeout_s = timeout_s
+
+    def _put(self, request: _Request) -> None:
+        try:
+            self._inbox.send_nowait(request)
+        except trio.WouldBlock:
+            raise Unavailable("the ranking queue is full", code="overloaded") from None
+
+    async def _ask(self, make: Callable[[Reply], _Request]) -> Any:
+        send, receive = trio.open_memory_channel[outcome.Outcome[Any]](1)
+        self._put(make(send))
+        with trio.move_on_after(self._timeout_s):
+            return (await receive.receive()).unwrap()
+        raise Unavailable("the ranking actor did not answer in time", code="ranking_timeout")
+
+    async def apply(
+        self, state: RecordState, result: LedgerResult
+    ) -> tuple[LedgerResult, int | None]:
+        """Apply a committed state; (the ledger result, the user's 1-based rank or None)."""
+        answer: tuple[LedgerResult, int | None] = await self._ask(
+            lambda reply: _Apply(state, result, reply)
+        )
+        return answer
+
+    async def send_apply(self, state: RecordState, result: LedgerResult, reply: Reply) -> None:
+        """Hand over a committed state, waiting for room; the answer goes to ``reply``."""
+        await self._inbox.send(_Apply(state, result, reply))
+
+    async def claim_nonce(self, nonce: str, ttl_s: int) -> bool:
+        """True if this call claimed the nonce, False if it was already used."""
+        claimed: bool = await self._ask(lambda reply: _Nonce(nonce, ttl_s, True, reply))
+        return claimed
+
+    def release_nonce_nowait(self, nonce: str) -> None:
+        """Forget a claim whose submission did not commit (best effort)."""
+        with contextlib.suppress(trio.WouldBlock):
+            self._inbox.send_nowait(_Nonce(nonce, 0, False, None))
+
+    async def top(
+        self, board: Board, *, offset: int, limit: int, after_user: str = ""
+    ) -> list[Entry]:
+        entries: list[Entry] = await self._ask(
+            lambda reply: _Read(board, "range", [str(offset), str(limit), after_user], reply)
+        )
+        return entries
+
+    async def around(self, board: Board, user_id: str, radius: int) -> list[Entry]:
+        entries: list[Entry] = await self._ask(
+            lambda reply: _Read(board, "around", [user_id, str(radius)], reply)
+        )
+        return entries
+
+    async def users(self, board: Board, user_ids: Sequence[str]) -> list[Entry]:
+        entries: list[Entry] = await self._ask(
+            lambda reply: _Read(board, "users", list(user_ids), reply)
+        )
+        return entries

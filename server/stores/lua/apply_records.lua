@@ -1,0 +1,79 @@
+-- Apply committed record states to one leaderboard period, publish its new top N.
+--
+-- KEYS[1] zset   score -> member "<tiebreak hex>:<user_id>"
+-- KEYS[2] hash   user_id -> "<version>|<member>|<username>"
+-- KEYS[3] string publication sequence number
+-- ARGV[1] "1" for a descending board, "0" for ascending
+-- ARGV[2] how many top entries to publish
+-- ARGV[3] the pub/sub channel
+-- ARGV[4] the leaderboard id (for the published message)
+-- ARGV[5..] groups of 5: user_id, score, member, version, username
+--
+-- A state is applied only if its version is newer than the one held, so
+-- states may arrive in any order, twice, or after a rebuild: Redis converges
+-- on PostgreSQL's latest. Returns {seq, rank_1, rank_2, ...} with 0-based
+-- ranks after the whole batch (-1 if the user has no record here).
+cjson.encode_number_precision(17)
+
+local desc = ARGV[1] == '1'
+local top_n = tonumber(ARGV[2])
+
+local function parse(meta)
+    local a = string.find(meta, '|', 1, true)
+    local b = string.find(meta, '|', a + 1, true)
+    return tonumber(string.sub(meta, 1, a - 1)), string.sub(meta, a + 1, b - 1), string.sub(meta, b + 1)
+end
+
+local applied = 0
+for i = 5, #ARGV, 5 do
+    local user, score, member, version, name = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3]), ARGV[i + 4]
+    local held = redis.call('HGET', KEYS[2], user)
+    local held_version, held_member = 0, nil
+    if held then
+        held_version, held_member = parse(held)
+    end
+    if version > held_version then
+        if held_member and held_member ~= member then
+            redis.call('ZREM', KEYS[1], held_member)
+        end
+        redis.call('ZADD', KEYS[1], score, member)
+        redis.call('HSET', KEYS[2], user, version .. '|' .. member .. '|' .. name)
+        applied = applied + 1
+    end
+end
+
+local result = {}
+local seq = tonumber(redis.call('GET', KEYS[3]) or '0')
+if applied > 0 then
+    seq = redis.call('INCR', KEYS[3])
+    local top
+    if desc then
+        top = redis.call('ZREVRANGE', KEYS[1], 0, top_n - 1, 'WITHSCORES')
+    else
+        top = redis.call('ZRANGE', KEYS[1], 0, top_n - 1, 'WITHSCORES')
+    end
+    local entries = {}
+    for j = 1, #top, 2 do
+        local user = string.sub(top[j], string.find(top[j], ':', 1, true) + 1)
+        local _, _, name = parse(redis.call('HGET', KEYS[2], user))
+        entries[#entries + 1] = {rank = (j + 1) / 2, user_id = user, username = name, score = tonumber(top[j + 1])}
+    end
+    -- entries is never empty here: this batch just added at least one.
+    redis.call('PUBLISH', ARGV[3], cjson.encode({leaderboard = ARGV[4], seq = seq, entries = entries}))
+end
+result[1] = seq
+
+for i = 5, #ARGV, 5 do
+    local held = redis.call('HGET', KEYS[2], ARGV[i])
+    local rank = false
+    if held then
+        local _, member = parse(held)
+        if desc then
+            rank = redis.call('ZREVRANK', KEYS[1], member)
+        else
+            rank = redis.call('ZRANK', KEYS[1], member)
+        end
+    end
+    result[#result + 1] = rank or -1
+end
+return result

@@ -260,7 +260,7 @@ class RankingActor:
     def _answer(self, target: Any, result: Any) -> None:
         if isinstance(target, list):  # a group of applies
             if isinstance(result, CommandError):
-                log.error("applying records failed", extra={"error": result.message})
+                log.error("applying records failed: %s", result.message)
                 self._note_missed()
                 for request in target:
                     answer(request.reply, outcome.Value((request.result, None)))
@@ -276,7 +276,7 @@ class RankingActor:
                 answer(target.reply, outcome.Value(result is not None and result != 0))
         elif isinstance(target, _Read):
             if isinstance(result, CommandError):
-                log.error("reading ranks failed", extra={"error": result.message})
+                log.error("reading ranks failed: %s", result.message)
                 answer(target.reply, outcome.Error(Unavailable("reading ranks failed")))
             else:
                 answer(target.reply, outcome.Value(_entries(result)))

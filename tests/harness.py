@@ -23,6 +23,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
 import outcome
 import trio
 import trio_asyncio
@@ -32,6 +33,7 @@ from server.embedded import open_embedded_postgres, open_embedded_redis
 from server.migrations import load_migrations
 from server.node import Node, NodeAddress
 from server.stores.pg_store import create_database, drop_database, open_postgres
+from tests.api import Api
 
 T = TypeVar("T")
 Request = tuple[Callable[..., Awaitable[Any]], tuple[Any, ...], trio.MemorySendChannel[Any]]
@@ -166,3 +168,13 @@ async def running_node(settings: Settings) -> AsyncIterator[tuple[Node, NodeAddr
             yield node, address
         finally:
             node.stop_nowait()
+
+
+@contextlib.asynccontextmanager
+async def node_api(settings: Settings) -> AsyncIterator[tuple[Api, Node, NodeAddress]]:
+    """A running node and an API client for it."""
+    async with (
+        running_node(settings) as (node, address),
+        httpx.AsyncClient(base_url=address.http_url, timeout=30) as http,
+    ):
+        yield Api(http, settings), node, address

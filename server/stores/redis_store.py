@@ -154,6 +154,9 @@ def _decode(value: Any) -> Any:
         return value.decode("utf-8", "surrogateescape")
     if isinstance(value, list):
         return [_decode(item) for item in value]
+    if isinstance(value, redis.exceptions.NoScriptError):
+        # redis-py drops the NOSCRIPT prefix; put it back so callers can tell.
+        return CommandError(f"NOSCRIPT {value}")
     if isinstance(value, redis.exceptions.ResponseError):
         return CommandError(str(value))
     if isinstance(value, _UNAVAILABLE):

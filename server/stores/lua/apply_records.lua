@@ -13,8 +13,6 @@
 -- states may arrive in any order, twice, or after a rebuild: Redis converges
 -- on PostgreSQL's latest. Returns {seq, rank_1, rank_2, ...} with 0-based
 -- ranks after the whole batch (-1 if the user has no record here).
-cjson.encode_number_precision(17)
-
 local desc = ARGV[1] == '1'
 local top_n = tonumber(ARGV[2])
 
@@ -52,14 +50,18 @@ if applied > 0 then
     else
         top = redis.call('ZRANGE', KEYS[1], 0, top_n - 1, 'WITHSCORES')
     end
+    -- JSON is assembled by hand: cjson prints numbers with 14 digits at most,
+    -- and scores need up to 16. Redis prints a double that holds an integer
+    -- as plain digits, so the score text is already valid JSON.
     local entries = {}
     for j = 1, #top, 2 do
         local user = string.sub(top[j], string.find(top[j], ':', 1, true) + 1)
         local _, _, name = parse(redis.call('HGET', KEYS[2], user))
-        entries[#entries + 1] = {rank = (j + 1) / 2, user_id = user, username = name, score = tonumber(top[j + 1])}
+        entries[#entries + 1] = '{"rank":' .. ((j + 1) / 2) .. ',"user_id":"' .. user
+            .. '","username":' .. cjson.encode(name) .. ',"score":' .. top[j + 1] .. '}'
     end
-    -- entries is never empty here: this batch just added at least one.
-    redis.call('PUBLISH', ARGV[3], cjson.encode({leaderboard = ARGV[4], seq = seq, entries = entries}))
+    redis.call('PUBLISH', ARGV[3], '{"leaderboard":' .. cjson.encode(ARGV[4]) .. ',"seq":' .. seq
+        .. ',"entries":[' .. table.concat(entries, ',') .. ']}')
 end
 result[1] = seq
 

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import os
 import secrets
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ import trio
 
 from actors.supervisor import ActorFailed
 from config import Settings, SettingsError, describe
+from protocol import action_token
 from protocol.errors import Unavailable
 from server.embedded import EmbeddedServiceError, open_embedded_postgres, open_embedded_redis
 from server.logs import configure_logging
@@ -88,6 +91,24 @@ def build_parser() -> argparse.ArgumentParser:
         "lock (safe while nodes start). Nodes also migrate at start unless "
         "PODIUM_MIGRATE_ON_START=false.",
     )
+    mint = commands.add_parser(
+        "mint-action-token",
+        help="mint a signed one-time action token (what a game server does)",
+        description="Print an action token for USER_ID, signed with PODIUM_ACTION_KEY (or, if "
+        f"unset, the key podium dev keeps in PODIUM_DATA_DIR/{SECRETS_FILE}). The format is in "
+        "docs/action-tokens.md.",
+    )
+    mint.add_argument("--user-id", required=True, help="the player's user id (a UUID)")
+    mint.add_argument("--delta", required=True, type=int, help="the score delta")
+    mint.add_argument("--leaderboard", default="global", help="default: global")
+    mint.add_argument("--action-type", default="score", help="default: score")
+    mint.add_argument(
+        "--ttl",
+        type=int,
+        default=None,
+        help="lifetime in seconds (default PODIUM_ACTION_TOKEN_TTL_S)",
+    )
+    mint.add_argument("--json", action="store_true", help="print token, claims and expiry as JSON")
     commands.add_parser(
         "config",
         help="print the effective settings (secrets redacted) as TOML",
@@ -106,6 +127,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_sources(os.environ, args.config)
+        if args.command == "mint-action-token":
+            return cmd_mint(settings, args)
         handler: Callable[[Settings], int] = {
             "dev": cmd_dev,
             "serve": cmd_serve,
@@ -151,6 +174,32 @@ def cmd_migrate(settings: Settings) -> int:
     except BaseException as exc:
         return _exit_code(exc)
     print(f"applied {len(applied)} migration(s): {list(applied)}" if applied else "up to date")
+    return 0
+
+
+def cmd_mint(settings: Settings, args: argparse.Namespace) -> int:
+    if settings.action_key is None:
+        if not (settings.data_dir / SECRETS_FILE).exists():
+            raise UsageError("PODIUM_ACTION_KEY is not set (and no podium dev secrets were found)")
+        settings = with_dev_secrets(settings)
+    assert settings.action_key is not None
+    try:
+        token, claims = action_token.mint(
+            user_id=args.user_id,
+            leaderboard=args.leaderboard,
+            action_type=args.action_type,
+            delta=args.delta,
+            kid=settings.action_key_id,
+            key=settings.action_key,
+            now=time.time(),
+            ttl_s=args.ttl if args.ttl is not None else settings.action_token_ttl_s,
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if args.json:
+        print(json.dumps({"action_token": token, **dataclasses.asdict(claims)}))
+    else:
+        print(token)
     return 0
 
 

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
+import time
 import tomllib
 from pathlib import Path
 
 import pytest
 
 from config import describe
+from protocol import action_token
 from server.migrations import load_migrations
 
 ROOT = Path(__file__).parents[2]
@@ -31,8 +35,8 @@ def podium(*args: str, env: dict[str, str] | None = None) -> subprocess.Complete
 def test_help_lists_every_command_and_setting() -> None:
     result = podium("--help")
     assert result.returncode == 0
-    for command in ("dev", "serve", "migrate", "config"):
-        assert f"    {command} " in result.stdout
+    for command in ("dev", "serve", "migrate", "mint-action-token", "config"):
+        assert re.search(rf"^    {command}\b", result.stdout, re.MULTILINE), command
     for info in describe():
         assert info.env in result.stdout
 
@@ -111,3 +115,28 @@ def test_migrate_against_nothing_fails_with_a_clear_line() -> None:
     assert result.returncode == 1
     assert "podium stopped: cannot connect to PostgreSQL" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_mint_action_token_prints_a_token_that_verifies() -> None:
+    key = "cli-action-key-0123456789"
+    user = "7d3c9a52-1f0e-4b6a-9c2d-5e8f01a2b3c4"
+    result = podium(
+        "mint-action-token", "--user-id", user, "--delta", "42", "--json",
+        env={"PODIUM_ACTION_KEY": key, "PODIUM_ACTION_KEY_ID": "k9"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    printed = json.loads(result.stdout)
+    claims = action_token.verify(
+        printed["action_token"], keys={"k9": key}, now=time.time(), max_lifetime_s=3600
+    )
+    assert (claims.user_id, claims.delta, claims.leaderboard) == (user, 42, "global")
+    assert claims.expires_at - claims.issued_at == 300
+
+
+def test_mint_action_token_refuses_bad_input() -> None:
+    result = podium(
+        "mint-action-token", "--user-id", "not-a-uuid", "--delta", "1",
+        env={"PODIUM_ACTION_KEY": "cli-action-key-0123456789"},
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.startswith("podium: error: ")

@@ -22,6 +22,7 @@ from protocol.errors import (
     Forbidden,
     NotFound,
     PayloadTooLarge,
+    PodiumError,
     Unprocessable,
     UnsupportedMediaType,
 )
@@ -176,15 +177,23 @@ def register_api(app: Quart, services: NodeServices) -> None:
 
     # ---- scores
 
+    submissions = services.metrics.submissions_total
+    submitted_ok = submissions.labels("ok")
+
     async def update_score() -> dict[str, Any]:
-        claims = player()
-        body = await json_body(max_body)
-        ack = await services.score_path.submit(
-            claims,
-            body.get("action_token"),
-            ip=request.remote_addr,
-            user_agent=request.headers.get("User-Agent"),
-        )
+        try:
+            claims = player()
+            body = await json_body(max_body)
+            ack = await services.score_path.submit(
+                claims,
+                body.get("action_token"),
+                ip=request.remote_addr,
+                user_agent=request.headers.get("User-Agent"),
+            )
+        except PodiumError as exc:
+            submissions.labels(exc.code).inc()
+            raise
+        submitted_ok.inc()
         return ack.as_json()
 
     app.add_url_rule("/v1/scores/update", "update_score", update_score, methods=["POST"])

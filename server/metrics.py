@@ -49,6 +49,21 @@ class _SupervisorCollector(Collector):
         yield running
 
 
+class _StatisticsCollector(Collector):
+    """Counters and gauges read from actors' ``statistics()`` at scrape time."""
+
+    def __init__(self) -> None:
+        self._sources: list[tuple[str, str, str, Callable[[], float]]] = []
+
+    def add(self, kind: str, name: str, doc: str, read: Callable[[], float]) -> None:
+        self._sources.append((kind, name, doc, read))
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        for kind, name, doc, read in self._sources:
+            family = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+            yield family(name, doc, value=read())
+
+
 class NodeMetrics:
     """The metrics of one node."""
 
@@ -83,6 +98,22 @@ class NodeMetrics:
         self.ready = Gauge(
             "podium_ready", "1 if the last readiness check passed.", registry=self.registry
         )
+        self.submissions_total = Counter(
+            "podium_score_submissions",
+            "Score submissions answered, by outcome (ok or the error code).",
+            labelnames=["outcome"],
+            registry=self.registry,
+        )
+        self._statistics = _StatisticsCollector()
+        self.registry.register(self._statistics)
+
+    def counter_from(self, name: str, doc: str, read: Callable[[], float]) -> None:
+        """Export a counter an actor keeps, read at scrape time."""
+        self._statistics.add("counter", name, doc, read)
+
+    def gauge_from(self, name: str, doc: str, read: Callable[[], float]) -> None:
+        """Export a gauge an actor keeps, read at scrape time."""
+        self._statistics.add("gauge", name, doc, read)
 
     def watch_supervisor(self, source: Callable[[], SupervisorStatistics | None]) -> None:
         """Export the supervisor's per-actor figures, read at scrape time."""

@@ -193,6 +193,7 @@ class Node:
                 linger_s=settings.ledger_linger_s,
                 inbox=ledger_inbox,
             )
+            self._export_statistics(ledger, ranking)
             assert settings.action_key is not None
             services = NodeServices(
                 settings=settings,
@@ -253,6 +254,37 @@ class Node:
             log.info("node stopped", extra={"node_id": self.node_id})
             if failures:
                 raise failures[0]
+
+    def _export_statistics(self, ledger: LedgerActor, ranking: RankingActor) -> None:
+        m = self.metrics
+        m.counter_from(
+            "podium_ledger_batches", "PostgreSQL transactions the ledger committed.",
+            lambda: ledger.statistics().batches,
+        )  # fmt: skip
+        m.counter_from(
+            "podium_ledger_committed", "Submissions the ledger committed.",
+            lambda: ledger.statistics().committed,
+        )  # fmt: skip
+        m.gauge_from(
+            "podium_ledger_queue", "Submissions waiting for the ledger.",
+            lambda: ledger.statistics().queued,
+        )  # fmt: skip
+        m.counter_from(
+            "podium_ranking_batches", "Redis round trips the ranking actor made.",
+            lambda: ranking.statistics().batches,
+        )  # fmt: skip
+        m.counter_from(
+            "podium_ranking_rebuilds", "Rebuilds of the rankings from PostgreSQL.",
+            lambda: ranking.statistics().rebuilds,
+        )  # fmt: skip
+        m.gauge_from(
+            "podium_ranking_rebuilding", "1 while the rankings are being rebuilt.",
+            lambda: float(ranking.statistics().rebuilding),
+        )  # fmt: skip
+        m.gauge_from(
+            "podium_ranking_queue", "Requests waiting for the ranking actor.",
+            lambda: ranking.statistics().queued,
+        )  # fmt: skip
 
     async def _supervise(
         self,

@@ -93,6 +93,11 @@ class _Read:
     reply: Reply
 
 
+@dataclass(slots=True)
+class _ReadGroup:
+    requests: list[_Read]
+
+
 _Request = _Apply | _Nonce | _Read
 
 
@@ -204,6 +209,7 @@ class RankingActor:
         commands: list[Command] = [("GET", self._keys.epoch)]
         plan: list[tuple[Any, int]] = []  # (handler info, number of result slots)
         applies: dict[tuple[str, int], list[_Apply]] = defaultdict(list)
+        reads: dict[tuple[Any, ...], list[_Read]] = {}
         for request in batch:
             if isinstance(request, _Apply):
                 applies[(request.state.leaderboard, request.state.period)].append(request)
@@ -222,10 +228,20 @@ class RankingActor:
                 if self._rebuilding:
                     answer(request.reply, outcome.Error(_rebuilding()))
                     continue
-                z, m, _ = self._keys.board(request.board.id, request.board.current_period)
-                desc = "1" if request.board.descending else "0"
-                commands.append(Script("read_board", [z, m], [desc, request.mode, *request.args]))
-                plan.append((request, 1))
+                # Identical reads in one batch (everyone asking for the top 10)
+                # are run once and the answer shared.
+                board = request.board
+                same = reads.setdefault(
+                    (board.id, board.current_period, request.mode, *request.args), []
+                )
+                same.append(request)
+                if len(same) == 1:
+                    z, m, _ = self._keys.board(board.id, board.current_period)
+                    desc = "1" if board.descending else "0"
+                    commands.append(
+                        Script("read_board", [z, m], [desc, request.mode, *request.args])
+                    )
+                    plan.append((_ReadGroup(same), 1))
         try:
             results = await self._redis.pipeline(commands)
         except Unavailable as exc:
@@ -274,12 +290,14 @@ class RankingActor:
                 answer(target.reply, outcome.Error(Unavailable(result.message)))
             else:
                 answer(target.reply, outcome.Value(result is not None and result != 0))
-        elif isinstance(target, _Read):
+        elif isinstance(target, _ReadGroup):
             if isinstance(result, CommandError):
                 log.error("reading ranks failed: %s", result.message)
-                answer(target.reply, outcome.Error(Unavailable("reading ranks failed")))
+                value: outcome.Outcome[Any] = outcome.Error(Unavailable("reading ranks failed"))
             else:
-                answer(target.reply, outcome.Value(_entries(result)))
+                value = outcome.Value(_entries(result))
+            for request in target.requests:
+                answer(request.reply, value)
 
     def _fail(self, plan: list[tuple[Any, int]], error: Unavailable) -> None:
         for target, _ in plan:
@@ -288,6 +306,9 @@ class RankingActor:
                 self._note_missed()
                 for request in target:
                     answer(request.reply, outcome.Value((request.result, None)))
+            elif isinstance(target, _ReadGroup):
+                for request in target.requests:
+                    answer(request.reply, outcome.Error(error))
             else:
                 answer(target.reply, outcome.Error(error))
 

@@ -27,6 +27,8 @@ from protocol.errors import BadRequest, Unprocessable
 BOARD_ID_RE: Final = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 MAX_SCORE: Final = 2**53 - 1
 _TIEBREAK_MAX: Final = 16**14 - 1
+# Far beyond any board's size, and small enough for Redis to take as a rank.
+_MAX_CURSOR_RANK: Final = 10**12
 
 SortOrder = Literal["desc", "asc"]
 Operator = Literal["incr", "set", "best", "decr"]
@@ -149,7 +151,7 @@ def decode_cursor(cursor: str) -> tuple[str, int]:
         raise BadRequest("the cursor is not valid", code="bad_cursor") from None
     if not isinstance(user_id, str) or not isinstance(rank, int) or isinstance(rank, bool):
         raise BadRequest("the cursor is not valid", code="bad_cursor")
-    if rank < 1 or len(user_id) > 64:
+    if not 1 <= rank <= _MAX_CURSOR_RANK or len(user_id) > 64:
         raise BadRequest("the cursor is not valid", code="bad_cursor")
     return user_id, rank
 

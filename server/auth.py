@@ -231,10 +231,16 @@ class AuthService:
         )
 
 
+def is_bearer(authorization: str | None, expected: str | None) -> bool:
+    """Whether ``authorization`` is ``Bearer <expected>`` (compared in constant time)."""
+    if expected is None or not authorization or not authorization.startswith("Bearer "):
+        return False
+    return hmac.compare_digest(authorization[7:].strip().encode(), expected.encode())
+
+
 def check_bearer(authorization: str | None, expected: str | None, *, what: str) -> None:
-    """Constant-time check of a static bearer secret (service key, admin token)."""
-    given = (authorization or "").removeprefix("Bearer ").strip()
-    if expected is None or not given or not hmac.compare_digest(given, expected):
+    """Require ``Authorization: Bearer <expected>`` (service key, admin token)."""
+    if not is_bearer(authorization, expected):
         raise Unauthorized(f"send the {what} as 'Authorization: Bearer <key>'", code="bad_key")
 
 

@@ -8,7 +8,6 @@ the app's handlers (:mod:`server.http_app`).
 
 from __future__ import annotations
 
-import hmac
 import json
 import re
 import time
@@ -34,7 +33,7 @@ from protocol.leaderboards import (
     encode_cursor,
     parse_board_definition,
 )
-from server.auth import check_bearer
+from server.auth import check_bearer, is_bearer
 
 if TYPE_CHECKING:
     from server.node import NodeServices
@@ -74,8 +73,8 @@ def _user_id(value: object, what: str = "user_id") -> str:
 def _int_arg(name: str, default: int, low: int, high: int) -> int:
     raw = request.args.get(name)
     if raw is None:
-        return default
-    if not re.fullmatch(r"-?[0-9]{1,9}", raw):
+        return min(default, high)
+    if not re.fullmatch(r"-?[0-9]{1,19}", raw):
         raise BadRequest(f"{name} must be an integer", code="bad_request")
     value = int(raw)
     if not low <= value <= high:
@@ -275,17 +274,14 @@ def register_api(app: Quart, services: NodeServices) -> None:
     @app.get("/v1/users/<user_id>/history")
     async def history(user_id: str) -> dict[str, Any]:
         _user_id(user_id)
-        authorization = request.headers.get("Authorization")
-        is_admin = settings.admin_token is not None and hmac.compare_digest(
-            authorization or "", f"Bearer {settings.admin_token}"
-        )
+        is_admin = is_bearer(request.headers.get("Authorization"), settings.admin_token)
         if not is_admin and player().user_id != user_id:
             raise Forbidden("only that player or an admin may read this", code="forbidden")
         board_id = request.args.get("leaderboard")
         if board_id is not None:
             check_board_id(board_id)
         limit = _int_arg("limit", _HISTORY_DEFAULT, 1, settings.read_max_limit)
-        before = _int_arg("before", 0, 0, 2**31 - 1) or None
+        before = _int_arg("before", 0, 0, 2**63 - 1) or None
         rows = await services.postgres.history(user_id, board_id, limit=limit, before_id=before)
         entries = [
             {

@@ -30,7 +30,7 @@ _HTTP_CODES = {
     400: "bad_request",
     404: "not_found",
     405: "method_not_allowed",
-    413: "payload_too_large",
+    413: "body_too_large",
     415: "unsupported_media_type",
 }
 
@@ -46,9 +46,9 @@ def create_app(services: NodeServices) -> QuartTrio:
     app = QuartTrio("podium")
     app.config.update(
         MAX_CONTENT_LENGTH=services.settings.http_max_body_bytes,
-        JSON_SORT_KEYS=False,
         PROVIDE_AUTOMATIC_OPTIONS=False,
     )
+    app.json.sort_keys = False  # type: ignore[attr-defined]
 
     @app.errorhandler(PodiumError)
     async def _podium_error(error: PodiumError) -> Response:
@@ -88,6 +88,13 @@ def create_app(services: NodeServices) -> QuartTrio:
             )
             body |= error_body("not_ready", f"node is not ready ({failing})")
         return body, 200 if ready else 503
+
+    from server.openapi import openapi_document
+
+    @app.get("/openapi.json")
+    async def openapi() -> dict[str, Any]:
+        """This API, described in OpenAPI 3.1."""
+        return openapi_document(max_limit=services.settings.read_max_limit)
 
     from server.http_api import register_api
 

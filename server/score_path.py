@@ -162,6 +162,10 @@ class ScorePath:
                 )
             case "nonce_used":
                 raise _used()
+        # Refused before the nonce was consumed in PostgreSQL: give it back in
+        # Redis too, so a retry hears the same reason rather than 409.
+        self._ranking.release_nonce_nowait(action.nonce)
+        match result.status:
             case "unknown_leaderboard":
                 raise NotFound(
                     f"no leaderboard {action.leaderboard!r}", code="leaderboard_not_found"

@@ -35,7 +35,9 @@ def redis_order(rows: list[tuple[int, str]], *, reverse: bool) -> list[str]:
 
 
 @given(records)
-def test_descending_boards_rank_higher_scores_then_earlier_times_first(rows: list[tuple[int, int, str]]) -> None:
+def test_descending_boards_rank_higher_scores_then_earlier_times_first(
+    rows: list[tuple[int, int, str]],
+) -> None:
     members = [(score, sorted_set_member(user, at, descending=True)) for score, at, user in rows]
     expected = [user for _, _, user in sorted(rows, key=lambda r: (-r[0], r[1], r[2]))]
     got = redis_order(members, reverse=True)
@@ -46,7 +48,9 @@ def test_descending_boards_rank_higher_scores_then_earlier_times_first(rows: lis
 
 
 @given(records)
-def test_ascending_boards_rank_lower_scores_then_earlier_times_first(rows: list[tuple[int, int, str]]) -> None:
+def test_ascending_boards_rank_lower_scores_then_earlier_times_first(
+    rows: list[tuple[int, int, str]],
+) -> None:
     members = [(score, sorted_set_member(user, at, descending=False)) for score, at, user in rows]
     expected = [user for _, _, user in sorted(rows, key=lambda r: (r[0], r[1], r[2]))]
     assert redis_order(members, reverse=False) == expected

@@ -291,13 +291,15 @@ class RankingActor:
             else:
                 answer(target.reply, outcome.Value(result is not None and result != 0))
         elif isinstance(target, _ReadGroup):
+            # An Outcome unwraps once: each waiter gets its own.
             if isinstance(result, CommandError):
                 log.error("reading ranks failed: %s", result.message)
-                value: outcome.Outcome[Any] = outcome.Error(Unavailable("reading ranks failed"))
+                for request in target.requests:
+                    answer(request.reply, outcome.Error(Unavailable("reading ranks failed")))
             else:
-                value = outcome.Value(_entries(result))
-            for request in target.requests:
-                answer(request.reply, value)
+                entries = _entries(result)
+                for request in target.requests:
+                    answer(request.reply, outcome.Value(entries))
 
     def _fail(self, plan: list[tuple[Any, int]], error: Unavailable) -> None:
         for target, _ in plan:

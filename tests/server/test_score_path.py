@@ -398,3 +398,20 @@ async def test_both_update_paths_work(settings: Settings, path: str) -> None:
         )
         assert reply.status_code == 200
         assert reply.json()["new_score"] == 3
+
+
+async def test_concurrent_identical_reads_all_get_the_answer(settings: Settings) -> None:
+    async with node_api(settings) as (api, _, _):
+        ann = await api.player("ann")
+        await api.score(ann, 5)
+        replies: list[tuple[int, object]] = []
+
+        async def read() -> None:
+            reply = await api.http.get("/v1/leaderboards/global/top?limit=10")
+            replies.append((reply.status_code, reply.json()))
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(50):
+                nursery.start_soon(read)
+        assert {status for status, _ in replies} == {200}
+        assert all(body == replies[0][1] for _, body in replies)

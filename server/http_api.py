@@ -1,9 +1,13 @@
 """The v1 HTTP API: accounts, action tokens, score updates, leaderboard reads, admin.
 
 Handlers are thin: they parse and bound the request, call the service that
-owns the work, and shape the reply. Every error is a
-:class:`protocol.errors.PodiumError` turned into the shared error body by
-the app's handlers (:mod:`server.http_app`).
+owns the work, and shape the reply. They see an :class:`ApiRequest`, not a
+framework's request, and every route is declared once in :data:`ROUTES`:
+:func:`register_api` mounts them all on the Quart app, and the hot ones
+(score updates and leaderboard reads) are also served by
+:mod:`server.fast_http` straight from ASGI, without Quart's per-request
+machinery. Every error is a :class:`protocol.errors.PodiumError`, turned
+into the shared error body at the edge.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from quart import Quart, request
@@ -44,15 +50,32 @@ _DEFAULT_RADIUS: Final = 5
 _HISTORY_DEFAULT: Final = 50
 
 
-async def json_body(max_bytes: int) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class ApiRequest:
+    """What a handler needs of an HTTP request, whichever layer parsed it.
+
+    ``headers`` must answer lower-case names; ``body()`` returns the raw body,
+    reading at most one byte past the body limit.
+    """
+
+    headers: Mapping[str, str]
+    query: Mapping[str, str]
+    params: Mapping[str, str]
+    remote_addr: str | None
+    content_type: str | None
+    content_length: int | None
+    body: Callable[[], Awaitable[bytes]]
+
+
+async def json_body(req: ApiRequest, max_bytes: int) -> dict[str, Any]:
     """The request's JSON object, or the documented 413/415/400."""
-    if request.mimetype != "application/json":
+    if req.content_type != "application/json":
         raise UnsupportedMediaType(
             "send the body as JSON with 'Content-Type: application/json'", code="not_json"
         )
-    if request.content_length is not None and request.content_length > max_bytes:
+    if req.content_length is not None and req.content_length > max_bytes:
         raise PayloadTooLarge(f"the body is larger than {max_bytes} bytes", code="body_too_large")
-    raw = await request.get_data(as_text=False)
+    raw = await req.body()
     if len(raw) > max_bytes:
         raise PayloadTooLarge(f"the body is larger than {max_bytes} bytes", code="body_too_large")
     try:
@@ -70,8 +93,8 @@ def _user_id(value: object, what: str = "user_id") -> str:
     return value
 
 
-def _int_arg(name: str, default: int, low: int, high: int) -> int:
-    raw = request.args.get(name)
+def _int_arg(req: ApiRequest, name: str, default: int, low: int, high: int) -> int:
+    raw = req.query.get(name)
     if raw is None:
         return min(default, high)
     if not re.fullmatch(r"-?[0-9]{1,19}", raw):
@@ -82,73 +105,72 @@ def _int_arg(name: str, default: int, low: int, high: int) -> int:
     return value
 
 
-def _request_meta() -> dict[str, Any]:
+def _request_meta(req: ApiRequest) -> dict[str, Any]:
     return {
-        "ip": request.remote_addr,
-        "user_agent": (request.headers.get("User-Agent") or "")[:256],
+        "ip": req.remote_addr,
+        "user_agent": (req.headers.get("user-agent") or "")[:256],
     }
 
 
-def register_api(app: Quart, services: NodeServices) -> None:
-    """Add the v1 routes to ``app``."""
-    settings = services.settings
-    max_body = settings.http_max_body_bytes
+class V1Api:
+    """The v1 handlers of one node. Each takes an :class:`ApiRequest` and returns
+    the JSON body (the status is the route's) or raises a PodiumError."""
 
-    def board(board_id: str) -> Board:
+    def __init__(self, services: NodeServices) -> None:
+        self._services = services
+        self._settings = services.settings
+        self._max_body = services.settings.http_max_body_bytes
+        self._submissions = services.metrics.submissions_total
+        self._submitted_ok = self._submissions.labels("ok")
+
+    def _board(self, board_id: str) -> Board:
         check_board_id(board_id)
-        found = services.catalog.board(board_id)
+        found = self._services.catalog.board(board_id)
         if found is None:
             raise NotFound(f"no leaderboard {board_id!r}", code="leaderboard_not_found")
         return found
 
-    def player() -> AccessClaims:
-        return services.auth.authenticate(request.headers.get("Authorization"))
+    def _player(self, req: ApiRequest) -> AccessClaims:
+        return self._services.auth.authenticate(req.headers.get("authorization"))
 
-    def admin() -> str:
-        check_bearer(request.headers.get("Authorization"), settings.admin_token, what="admin token")
+    def _admin(self, req: ApiRequest) -> str:
+        token = self._settings.admin_token
+        check_bearer(req.headers.get("authorization"), token, what="admin token")
         return "admin"
 
     # ---- accounts
 
-    @app.post("/v1/auth/device")
-    async def auth_device() -> tuple[dict[str, Any], int]:
-        body = await json_body(max_body)
-        reply = await services.auth.device(body, meta=_request_meta())
-        return reply.as_json(), 200
+    async def auth_device(self, req: ApiRequest) -> dict[str, Any]:
+        body = await json_body(req, self._max_body)
+        return (await self._services.auth.device(body, meta=_request_meta(req))).as_json()
 
-    @app.post("/v1/auth/register")
-    async def auth_register() -> tuple[dict[str, Any], int]:
-        body = await json_body(max_body)
-        reply = await services.auth.register(body, meta=_request_meta())
-        return reply.as_json(), 201
+    async def auth_register(self, req: ApiRequest) -> dict[str, Any]:
+        body = await json_body(req, self._max_body)
+        return (await self._services.auth.register(body, meta=_request_meta(req))).as_json()
 
-    @app.post("/v1/auth/login")
-    async def auth_login() -> dict[str, Any]:
-        body = await json_body(max_body)
-        return (await services.auth.login(body, meta=_request_meta())).as_json()
+    async def auth_login(self, req: ApiRequest) -> dict[str, Any]:
+        body = await json_body(req, self._max_body)
+        return (await self._services.auth.login(body, meta=_request_meta(req))).as_json()
 
-    @app.post("/v1/auth/refresh")
-    async def auth_refresh() -> dict[str, Any]:
-        body = await json_body(max_body)
-        return (await services.auth.refresh(body)).as_json()
+    async def auth_refresh(self, req: ApiRequest) -> dict[str, Any]:
+        body = await json_body(req, self._max_body)
+        return (await self._services.auth.refresh(body)).as_json()
 
-    @app.post("/v1/auth/logout")
-    async def auth_logout() -> dict[str, Any]:
-        claims = player()
-        await services.auth.logout(claims)
+    async def auth_logout(self, req: ApiRequest) -> dict[str, Any]:
+        await self._services.auth.logout(self._player(req))
         return {"status": "logged_out"}
 
     # ---- action tokens, for trusted game servers
 
-    @app.post("/v1/actions")
-    async def mint_action() -> dict[str, Any]:
-        check_bearer(request.headers.get("Authorization"), settings.service_key, what="service key")
-        body = await json_body(max_body)
+    async def mint_action(self, req: ApiRequest) -> dict[str, Any]:
+        settings = self._settings
+        check_bearer(req.headers.get("authorization"), settings.service_key, what="service key")
+        body = await json_body(req, self._max_body)
         user_id = _user_id(body.get("user_id"))
         board_id = body.get("leaderboard", "global")
         if not isinstance(board_id, str):
             raise Unprocessable('"leaderboard" must be a string', code="invalid_value")
-        board(board_id)
+        self._board(board_id)
         action_type = body.get("action_type", "score")
         delta = body.get("delta")
         if not isinstance(action_type, str) or not re.fullmatch(
@@ -165,58 +187,51 @@ def register_api(app: Quart, services: NodeServices) -> None:
             action_type=action_type,
             delta=delta,
             kid=settings.action_key_id,
-            key=services.action_key,
+            key=self._services.action_key,
             now=time.time(),
             ttl_s=settings.action_token_ttl_s,
         )
         action_token.check_delta(
-            claims, services.action_rules, allow_unknown=settings.allow_unknown_action_types
+            claims, self._services.action_rules, allow_unknown=settings.allow_unknown_action_types
         )
         return {"action_token": token, "expires_at": claims.expires_at, "nonce": claims.nonce}
 
     # ---- scores
 
-    submissions = services.metrics.submissions_total
-    submitted_ok = submissions.labels("ok")
-
-    async def update_score() -> dict[str, Any]:
+    async def update_score(self, req: ApiRequest) -> dict[str, Any]:
         try:
-            claims = player()
-            body = await json_body(max_body)
-            ack = await services.score_path.submit(
+            claims = self._player(req)
+            body = await json_body(req, self._max_body)
+            ack = await self._services.score_path.submit(
                 claims,
                 body.get("action_token"),
-                ip=request.remote_addr,
-                user_agent=request.headers.get("User-Agent"),
+                ip=req.remote_addr,
+                user_agent=req.headers.get("user-agent"),
             )
         except PodiumError as exc:
-            submissions.labels(exc.code).inc()
+            self._submissions.labels(exc.code).inc()
             raise
-        submitted_ok.inc()
+        self._submitted_ok.inc()
         return ack.as_json()
-
-    app.add_url_rule("/v1/scores/update", "update_score", update_score, methods=["POST"])
-    app.add_url_rule("/scores/update", "update_score_unversioned", update_score, methods=["POST"])
 
     # ---- reads
 
-    @app.get("/v1/leaderboards")
-    async def list_boards() -> dict[str, Any]:
-        return {"leaderboards": [_board_json(b) for b in services.catalog.boards()]}
+    async def list_boards(self, req: ApiRequest) -> dict[str, Any]:
+        return {"leaderboards": [_board_json(b) for b in self._services.catalog.boards()]}
 
-    @app.get("/v1/leaderboards/<board_id>")
-    async def get_board(board_id: str) -> dict[str, Any]:
-        return _board_json(board(board_id))
+    async def get_board(self, req: ApiRequest) -> dict[str, Any]:
+        return _board_json(self._board(req.params["board_id"]))
 
-    @app.get("/v1/leaderboards/<board_id>/top")
-    async def top(board_id: str) -> dict[str, Any]:
-        found = board(board_id)
-        limit = _int_arg("limit", _DEFAULT_TOP, 1, settings.read_max_limit)
-        cursor = request.args.get("cursor")
+    async def top(self, req: ApiRequest) -> dict[str, Any]:
+        found = self._board(req.params["board_id"])
+        limit = _int_arg(req, "limit", _DEFAULT_TOP, 1, self._settings.read_max_limit)
+        cursor = req.query.get("cursor")
         offset, anchor = 0, ""
         if cursor:
             anchor, offset = decode_cursor(cursor)
-        entries = await services.ranking.top(found, offset=offset, limit=limit, after_user=anchor)
+        entries = await self._services.ranking.top(
+            found, offset=offset, limit=limit, after_user=anchor
+        )
         next_cursor = (
             encode_cursor(entries[-1].user_id, entries[-1].rank) if len(entries) == limit else None
         )
@@ -226,12 +241,13 @@ def register_api(app: Quart, services: NodeServices) -> None:
             "next_cursor": next_cursor,
         }
 
-    @app.get("/v1/leaderboards/<board_id>/around/<user_id>")
-    async def around(board_id: str, user_id: str) -> dict[str, Any]:
-        found = board(board_id)
-        _user_id(user_id)
-        radius = _int_arg("radius", _DEFAULT_RADIUS, 0, (settings.read_max_limit - 1) // 2)
-        entries = await services.ranking.around(found, user_id, radius)
+    async def around(self, req: ApiRequest) -> dict[str, Any]:
+        found = self._board(req.params["board_id"])
+        user_id = _user_id(req.params["user_id"])
+        radius = _int_arg(
+            req, "radius", _DEFAULT_RADIUS, 0, (self._settings.read_max_limit - 1) // 2
+        )
+        entries = await self._services.ranking.around(found, user_id, radius)
         if not entries:
             raise NotFound("that user has no score on this leaderboard", code="not_ranked")
         return {
@@ -240,11 +256,10 @@ def register_api(app: Quart, services: NodeServices) -> None:
             "entries": [e.as_json() for e in entries],
         }
 
-    @app.get("/v1/leaderboards/<board_id>/users/<user_id>")
-    async def user_rank(board_id: str, user_id: str) -> dict[str, Any]:
-        found = board(board_id)
-        _user_id(user_id)
-        entries = await services.ranking.users(found, [user_id])
+    async def user_rank(self, req: ApiRequest) -> dict[str, Any]:
+        found = self._board(req.params["board_id"])
+        user_id = _user_id(req.params["user_id"])
+        entries = await self._services.ranking.users(found, [user_id])
         if not entries:
             raise NotFound("that user has no score on this leaderboard", code="not_ranked")
         entry = entries[0]
@@ -256,33 +271,32 @@ def register_api(app: Quart, services: NodeServices) -> None:
             "score": entry.score,
         }
 
-    @app.post("/v1/leaderboards/<board_id>/ranks")
-    async def ranks(board_id: str) -> dict[str, Any]:
-        found = board(board_id)
-        body = await json_body(max_body)
+    async def ranks(self, req: ApiRequest) -> dict[str, Any]:
+        found = self._board(req.params["board_id"])
+        body = await json_body(req, self._max_body)
         user_ids = body.get("user_ids")
+        limit = self._settings.read_max_limit
         if not isinstance(user_ids, list) or not user_ids:
             raise Unprocessable('"user_ids" must be a non-empty list', code="invalid_value")
-        if len(user_ids) > settings.read_max_limit:
-            raise Unprocessable(
-                f'"user_ids" may hold at most {settings.read_max_limit} ids', code="too_many_ids"
-            )
+        if len(user_ids) > limit:
+            raise Unprocessable(f'"user_ids" may hold at most {limit} ids', code="too_many_ids")
         wanted = list(dict.fromkeys(_user_id(u, "user_ids[]") for u in user_ids))
-        entries = await services.ranking.users(found, wanted)
+        entries = await self._services.ranking.users(found, wanted)
         return {"leaderboard": found.id, "entries": [e.as_json() for e in entries]}
 
-    @app.get("/v1/users/<user_id>/history")
-    async def history(user_id: str) -> dict[str, Any]:
-        _user_id(user_id)
-        is_admin = is_bearer(request.headers.get("Authorization"), settings.admin_token)
-        if not is_admin and player().user_id != user_id:
+    async def history(self, req: ApiRequest) -> dict[str, Any]:
+        user_id = _user_id(req.params["user_id"])
+        is_admin = is_bearer(req.headers.get("authorization"), self._settings.admin_token)
+        if not is_admin and self._player(req).user_id != user_id:
             raise Forbidden("only that player or an admin may read this", code="forbidden")
-        board_id = request.args.get("leaderboard")
+        board_id = req.query.get("leaderboard")
         if board_id is not None:
             check_board_id(board_id)
-        limit = _int_arg("limit", _HISTORY_DEFAULT, 1, settings.read_max_limit)
-        before = _int_arg("before", 0, 0, 2**63 - 1) or None
-        rows = await services.postgres.history(user_id, board_id, limit=limit, before_id=before)
+        limit = _int_arg(req, "limit", _HISTORY_DEFAULT, 1, self._settings.read_max_limit)
+        before = _int_arg(req, "before", 0, 0, 2**63 - 1) or None
+        rows = await self._services.postgres.history(
+            user_id, board_id, limit=limit, before_id=before
+        )
         entries = [
             {
                 "id": row["id"],
@@ -300,19 +314,18 @@ def register_api(app: Quart, services: NodeServices) -> None:
 
     # ---- admin
 
-    @app.post("/v1/admin/leaderboards")
-    async def admin_create_board() -> tuple[dict[str, Any], int]:
-        who = admin()
-        definition = parse_board_definition(await json_body(max_body))
-        created = await services.postgres.create_leaderboard(definition, actor=who)
-        services.catalog.put_board(created)
-        return _board_json(created), 201
+    async def admin_create_board(self, req: ApiRequest) -> dict[str, Any]:
+        who = self._admin(req)
+        definition = parse_board_definition(await json_body(req, self._max_body))
+        created = await self._services.postgres.create_leaderboard(definition, actor=who)
+        self._services.catalog.put_board(created)
+        return _board_json(created)
 
-    @app.patch("/v1/admin/leaderboards/<board_id>")
-    async def admin_update_board(board_id: str) -> dict[str, Any]:
-        who = admin()
-        current = board(board_id)
-        body = await json_body(max_body)
+    async def admin_update_board(self, req: ApiRequest) -> dict[str, Any]:
+        who = self._admin(req)
+        board_id = req.params["board_id"]
+        current = self._board(board_id)
+        body = await json_body(req, self._max_body)
         fixed = {k: body[k] for k in ("sort_order", "operator") if k in body}
         if any(fixed[k] != getattr(current, k) for k in fixed):
             raise Unprocessable(
@@ -324,11 +337,75 @@ def register_api(app: Quart, services: NodeServices) -> None:
             "operator": current.operator,
             "reset_schedule": body.get("reset_schedule", current.reset_schedule),
         }
-        updated = await services.postgres.update_leaderboard(
+        updated = await self._services.postgres.update_leaderboard(
             parse_board_definition(merged, board_id=board_id), actor=who
         )
-        services.catalog.put_board(updated)
+        self._services.catalog.put_board(updated)
         return _board_json(updated)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One v1 route. ``fast`` routes are also served by :mod:`server.fast_http`."""
+
+    method: str
+    rule: str
+    handler: str
+    status: int = 200
+    fast: bool = False
+
+
+ROUTES: Final = (
+    Route("POST", "/v1/auth/device", "auth_device"),
+    Route("POST", "/v1/auth/register", "auth_register", status=201),
+    Route("POST", "/v1/auth/login", "auth_login"),
+    Route("POST", "/v1/auth/refresh", "auth_refresh"),
+    Route("POST", "/v1/auth/logout", "auth_logout"),
+    Route("POST", "/v1/actions", "mint_action"),
+    Route("POST", "/v1/scores/update", "update_score", fast=True),
+    Route("POST", "/scores/update", "update_score", fast=True),
+    Route("GET", "/v1/leaderboards", "list_boards"),
+    Route("GET", "/v1/leaderboards/<board_id>", "get_board"),
+    Route("GET", "/v1/leaderboards/<board_id>/top", "top", fast=True),
+    Route("GET", "/v1/leaderboards/<board_id>/around/<user_id>", "around", fast=True),
+    Route("GET", "/v1/leaderboards/<board_id>/users/<user_id>", "user_rank", fast=True),
+    Route("POST", "/v1/leaderboards/<board_id>/ranks", "ranks", fast=True),
+    Route("GET", "/v1/users/<user_id>/history", "history"),
+    Route("POST", "/v1/admin/leaderboards", "admin_create_board", status=201),
+    Route("PATCH", "/v1/admin/leaderboards/<board_id>", "admin_update_board"),
+)
+
+
+def register_api(app: Quart, services: NodeServices) -> V1Api:
+    """Mount every route of :data:`ROUTES` on ``app``; return the handlers for the fast path."""
+    api = V1Api(services)
+
+    def view(route: Route) -> Callable[..., Awaitable[tuple[dict[str, Any], int]]]:
+        handler = getattr(api, route.handler)
+
+        async def quart_view(**params: str) -> tuple[dict[str, Any], int]:
+            async def body() -> bytes:
+                data = await request.get_data(as_text=False)
+                assert isinstance(data, bytes)
+                return data
+
+            req = ApiRequest(
+                headers=request.headers,  # type: ignore[arg-type]  # case-insensitive
+                query=request.args,
+                params=params,
+                remote_addr=request.remote_addr,
+                content_type=request.mimetype,
+                content_length=request.content_length,
+                body=body,
+            )
+            return await handler(req), route.status
+
+        return quart_view
+
+    for route in ROUTES:
+        endpoint = f"{route.handler}:{route.rule}"
+        app.add_url_rule(route.rule, endpoint, view(route), methods=[route.method])
+    return api
 
 
 def _board_json(board: Board) -> dict[str, Any]:

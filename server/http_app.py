@@ -98,7 +98,8 @@ def create_app(services: NodeServices) -> QuartTrio:
 
     from server.http_api import register_api
 
-    register_api(app, services)
+    # The fast path (server.fast_http) serves the hot routes with these handlers.
+    app.extensions["podium.v1"] = register_api(app, services)
 
     @app.get("/metrics")
     async def metrics() -> Response:

@@ -7,9 +7,9 @@ import logging
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
-from quart_trio import QuartTrio
 
 from config import Settings
+from server.fast_http import ASGIApp
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +21,7 @@ class HttpServer:
     requests finish; hypercorn cancels what is left after the graceful timeout.
     """
 
-    def __init__(self, app: QuartTrio, settings: Settings) -> None:
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self._app = app
         self._settings = settings
         self._drain = trio.Event()

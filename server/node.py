@@ -30,6 +30,7 @@ from config import Settings
 from protocol import action_token
 from protocol.action_token import ActionTypeRule
 from server.auth import AuthService, keyring_from_settings
+from server.fast_http import FastPath
 from server.http_app import check_with_timeout, create_app
 from server.http_server import HttpServer
 from server.metrics import NodeMetrics
@@ -219,12 +220,15 @@ class Node:
                 draining=self._draining,
             )
             app = create_app(services)
+            asgi = FastPath(
+                app, app.extensions["podium.v1"], max_body_bytes=settings.http_max_body_bytes
+            )
             self._supervisor = Supervisor(
                 [
                     ChildSpec("catalog", lambda: catalog, restart),
                     ChildSpec("ranking", lambda: ranking, restart),
                     ChildSpec("ledger", lambda: ledger, restart),
-                    ChildSpec("http", lambda: HttpServer(app, settings), restart),
+                    ChildSpec("http", lambda: HttpServer(asgi, settings), restart),
                     # Without the listener the node is deaf to its clients:
                     # fail loudly rather than limp along.
                     ChildSpec(

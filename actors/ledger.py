@@ -1,8 +1,11 @@
 """The ledger actor: commits accepted submissions to PostgreSQL in batches.
 
-Submissions queue in a bounded inbox. The actor takes the first, lingers
+Submissions queue in a bounded inbox. A committer takes the first, lingers
 ``linger_s`` for more (up to ``batch_max``), and commits them all in **one**
 transaction (:meth:`server.stores.pg_store.PostgresStore.apply_scores`).
+:data:`COMMITTERS` committers take turns on the inbox, so one batch gathers
+while another commits; row locks taken in (leaderboard, user) order keep
+their transactions from deadlocking.
 Only after the commit does anything answer: each committed submission is
 handed, with its requester's reply channel, to the ranking actor — which
 applies it to Redis and answers with the rank — and every other outcome is
@@ -30,6 +33,9 @@ from protocol.leaderboards import LedgerResult, Submission
 from server.stores.pg_store import PostgresStore
 
 log = logging.getLogger(__name__)
+
+#: Batches in flight at once: one commits while the next gathers.
+COMMITTERS = 2
 
 
 @dataclass(slots=True)
@@ -79,7 +85,12 @@ class LedgerActor:
         )
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
+        async with trio.open_nursery() as nursery:
+            for _ in range(COMMITTERS):
+                nursery.start_soon(self._committer)
+            task_status.started()
+
+    async def _committer(self) -> None:
         while True:
             batch = [await self._receive.receive()]
             with trio.move_on_after(self._linger_s):

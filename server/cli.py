@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import gc
 import json
 import logging
 import os
@@ -232,11 +233,23 @@ def with_dev_secrets(settings: Settings) -> Settings:
 
 def _run(settings: Settings, *, embedded: bool) -> int:
     configure_logging(settings.log_level, settings.log_format, node_id=settings.node_id)
+    _tune_gc()
     try:
         trio.run(_serve, settings, embedded)
     except BaseException as exc:
         return _exit_code(exc)
     return 0
+
+
+def _tune_gc() -> None:
+    """Make the cyclic GC run less often on a serving node.
+
+    Each request allocates many short-lived container objects; with the
+    default thresholds the collector runs every few requests and its older
+    generations pause the event loop for milliseconds, which shows up directly
+    in p99 latency. Reference counting frees almost everything anyway.
+    """
+    gc.set_threshold(50_000, 50, 100)
 
 
 def _exit_code(exc: BaseException) -> int:

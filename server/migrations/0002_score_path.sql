@@ -56,13 +56,20 @@ BEGIN
         old_score := NULL; new_score := NULL; changed := false; reached_at := NULL;
         version := NULL; period := NULL; sort_order := NULL; username := NULL;
 
-        SELECT * INTO v_board FROM leaderboards b WHERE b.id = p_boards[i];
-        IF NOT FOUND THEN
-            status := 'unknown_leaderboard'; RETURN NEXT; CONTINUE;
+        -- The batch is sorted by (leaderboard, user): look each up once per run.
+        IF v_board.id IS DISTINCT FROM p_boards[i] THEN
+            SELECT * INTO v_board FROM leaderboards b WHERE b.id = p_boards[i];
+            IF NOT FOUND THEN
+                v_board := NULL;
+                status := 'unknown_leaderboard'; RETURN NEXT; CONTINUE;
+            END IF;
         END IF;
-        SELECT * INTO v_user FROM users u WHERE u.id = p_user_ids[i];
-        IF NOT FOUND THEN
-            status := 'unknown_user'; RETURN NEXT; CONTINUE;
+        IF v_user.id IS DISTINCT FROM p_user_ids[i] THEN
+            SELECT * INTO v_user FROM users u WHERE u.id = p_user_ids[i];
+            IF NOT FOUND THEN
+                v_user := NULL;
+                status := 'unknown_user'; RETURN NEXT; CONTINUE;
+            END IF;
         END IF;
         IF v_user.status = 'banned' THEN
             status := 'banned'; RETURN NEXT; CONTINUE;

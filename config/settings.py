@@ -632,6 +632,62 @@ class Settings:
             doc="Most entries one leaderboard read returns (limit, 2 x radius + 1, user_ids)",
         ),
     )
+    dev_mode: bool = field(
+        default=False,
+        metadata=_setting(
+            env="PODIUM_DEV_MODE",
+            parse=_boolean(),
+            doc="Development only: players may mint their own action tokens (podium dev sets it)",
+        ),
+    )
+    ws_allow_spectators: bool = field(
+        default=True,
+        metadata=_setting(
+            env="PODIUM_WS_ALLOW_SPECTATORS",
+            parse=_boolean(),
+            doc="Let WebSocket clients subscribe without authenticating",
+        ),
+    )
+    ws_allowed_origins: str = field(
+        default="*",
+        metadata=_setting(
+            env="PODIUM_WS_ALLOWED_ORIGINS",
+            parse=_pattern(r"\*|[^,\s]+(,[^,\s]+)*", "* or comma-separated origins"),
+            doc="Origins a browser WebSocket may come from; * for any (other clients send none)",
+        ),
+    )
+    ws_max_subscriptions: int = field(
+        default=16,
+        metadata=_setting(
+            env="PODIUM_WS_MAX_SUBSCRIPTIONS",
+            parse=_integer(1, 1000),
+            doc="Leaderboards one WebSocket may watch at once",
+        ),
+    )
+    ws_rate_per_s: float = field(
+        default=50.0,
+        metadata=_setting(
+            env="PODIUM_WS_RATE_PER_S",
+            parse=_number(1, 100_000),
+            doc="Messages per second a WebSocket client may send on average",
+        ),
+    )
+    ws_rate_burst: int = field(
+        default=100,
+        metadata=_setting(
+            env="PODIUM_WS_RATE_BURST",
+            parse=_integer(1, 100_000),
+            doc="Messages a WebSocket client may send in a burst above its rate",
+        ),
+    )
+    ws_tick_s: float = field(
+        default=0.1,
+        metadata=_setting(
+            env="PODIUM_WS_TICK_S",
+            parse=_number(0.005, 5),
+            doc="How often leaderboard updates are coalesced and pushed to WebSockets",
+        ),
+    )
     revocation_poll_s: float = field(
         default=0.5,
         metadata=_setting(

@@ -3,13 +3,21 @@
 Frames are JSON text. :func:`decode_client` turns any text or bytes into a
 client message or raises :class:`ProtocolError` — never anything else — so
 the connection code can answer every bad frame with its documented error.
-:func:`encode` turns a server message into the text of one frame; a
-broadcast is encoded once and the same string goes to every subscriber.
+:func:`encode` turns a server message into the text of one frame. A
+leaderboard update is the same for every subscriber, so it is encoded once
+(:func:`encode_update`) and the same string goes to all of them.
+
+Client → server: ``auth``, ``subscribe``, ``unsubscribe``, ``submit``,
+``ping``. Server → client: ``welcome``, ``authed``, ``snapshot``,
+``update``, ``me``, ``unsubscribed``, ``ack``, ``error``, ``pong``.
+docs/protocol.md shows each with an example.
 """
 
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, Final
@@ -17,6 +25,9 @@ from typing import Any, Final
 from protocol.errors import PodiumError
 
 PROTOCOL_VERSION: Final = 1
+_BOARD_RE: Final = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+_MAX_ID_CHARS: Final = 64
+_MAX_TOKEN_CHARS: Final = 4096
 
 
 class CloseCode(IntEnum):
@@ -40,21 +51,52 @@ class ProtocolError(PodiumError):
 
     default_code = "bad_message"
 
-    def __init__(self, message: str, *, code: str | None = None, close: CloseCode | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        close: CloseCode | None = None,
+        id: str | int | None = None,
+    ) -> None:
         super().__init__(message, code=code)
         self.close = close
+        self.id = id
 
+
+MessageId = str | int | None
 
 # ---------------------------------------------------------------- client → server
 
 
 @dataclass(frozen=True, slots=True)
+class Auth:
+    token: str
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    leaderboard: str
+    top: int
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    leaderboard: str
+
+
+@dataclass(frozen=True, slots=True)
+class Submit:
+    id: MessageId
+    action_token: str
+
+
+@dataclass(frozen=True, slots=True)
 class Ping:
-    id: str | int | None = None
+    id: MessageId = None
 
 
-ClientMessage = Ping
-
+ClientMessage = Auth | Subscribe | Unsubscribe | Submit | Ping
 
 # ---------------------------------------------------------------- server → client
 
@@ -67,23 +109,55 @@ class Welcome:
 
 
 @dataclass(frozen=True, slots=True)
+class Authed:
+    user_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    leaderboard: str
+    seq: int
+    entries: Sequence[dict[str, Any]]
+    me: dict[str, int] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Me:
+    leaderboard: str
+    rank: int | None
+    score: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribed:
+    leaderboard: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    id: MessageId
+    leaderboard: str
+    old_score: int
+    new_score: int
+    rank: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class Pong:
-    id: str | int | None = None
+    id: MessageId = None
 
 
 @dataclass(frozen=True, slots=True)
 class Error:
     code: str
     message: str
-    id: str | int | None = None
+    id: MessageId = None
 
 
-ServerMessage = Welcome | Pong | Error
-
-_MAX_ID_CHARS: Final = 64
+ServerMessage = Welcome | Authed | Snapshot | Me | Unsubscribed | Ack | Pong | Error
 
 
-def decode_client(frame: str | bytes, *, max_bytes: int) -> ClientMessage:
+def decode_client(frame: str | bytes, *, max_bytes: int, max_top: int = 100) -> ClientMessage:
     """Decode one client frame, or raise :class:`ProtocolError`."""
     if isinstance(frame, bytes):
         raise ProtocolError(
@@ -104,12 +178,29 @@ def decode_client(frame: str | bytes, *, max_bytes: int) -> ClientMessage:
     kind = data.get("type")
     if not isinstance(kind, str):
         raise ProtocolError('message needs a string "type"', code="bad_message")
-    if kind == "ping":
-        return Ping(id=_message_id(data))
-    raise ProtocolError(f"unknown message type {kind[:40]!r}", code="unknown_type")
+    msg_id = _message_id(data)
+    match kind:
+        case "ping":
+            return Ping(id=msg_id)
+        case "auth":
+            return Auth(token=_string(data, "token", _MAX_TOKEN_CHARS, msg_id))
+        case "subscribe":
+            top = data.get("top", 10)
+            if not isinstance(top, int) or isinstance(top, bool) or not 1 <= top <= max_top:
+                raise ProtocolError(
+                    f'"top" must be an integer from 1 to {max_top}', code="bad_message", id=msg_id
+                )
+            return Subscribe(leaderboard=_board(data, msg_id), top=top)
+        case "unsubscribe":
+            return Unsubscribe(leaderboard=_board(data, msg_id))
+        case "submit":
+            return Submit(
+                id=msg_id, action_token=_string(data, "action_token", _MAX_TOKEN_CHARS, msg_id)
+            )
+    raise ProtocolError(f"unknown message type {kind[:40]!r}", code="unknown_type", id=msg_id)
 
 
-def _message_id(data: dict[str, Any]) -> str | int | None:
+def _message_id(data: dict[str, Any]) -> MessageId:
     value = data.get("id")
     if value is None or (isinstance(value, str) and len(value) <= _MAX_ID_CHARS):
         return value
@@ -119,6 +210,32 @@ def _message_id(data: dict[str, Any]) -> str | int | None:
         f'"id" must be a string of at most {_MAX_ID_CHARS} characters or an integer',
         code="bad_message",
     )
+
+
+def _string(data: dict[str, Any], name: str, max_chars: int, msg_id: MessageId) -> str:
+    value = data.get(name)
+    if not isinstance(value, str) or not value or len(value) > max_chars:
+        raise ProtocolError(
+            f'"{name}" must be a non-empty string of at most {max_chars} characters',
+            code="bad_message",
+            id=msg_id,
+        )
+    return value
+
+
+def _board(data: dict[str, Any], msg_id: MessageId) -> str:
+    value = data.get("leaderboard")
+    if not isinstance(value, str) or not _BOARD_RE.fullmatch(value):
+        raise ProtocolError(
+            '"leaderboard" must be a leaderboard id (a-z, 0-9, _ and -)',
+            code="bad_message",
+            id=msg_id,
+        )
+    return value
+
+
+def _dump(body: dict[str, Any]) -> str:
+    return json.dumps(body, separators=(",", ":"))
 
 
 def encode(message: ServerMessage) -> str:
@@ -132,10 +249,38 @@ def encode(message: ServerMessage) -> str:
                 "node_id": node_id,
                 "heartbeat_s": heartbeat_s,
             }
+        case Authed(user_id=user_id):
+            body = {"type": "authed", "user_id": user_id}
+        case Snapshot(leaderboard=board, seq=seq, entries=entries, me=me):
+            body = {
+                "type": "snapshot",
+                "leaderboard": board,
+                "seq": seq,
+                "entries": list(entries),
+                "me": me,
+            }
+        case Me(leaderboard=board, rank=rank, score=score):
+            body = {"type": "me", "leaderboard": board, "rank": rank, "score": score}
+        case Unsubscribed(leaderboard=board):
+            body = {"type": "unsubscribed", "leaderboard": board}
+        case Ack(id=msg_id, leaderboard=board, old_score=old, new_score=new, rank=rank):
+            body = {
+                "type": "ack",
+                "id": msg_id,
+                "leaderboard": board,
+                "old_score": old,
+                "new_score": new,
+                "rank": rank,
+            }
         case Pong(id=msg_id):
             body = {"type": "pong", "id": msg_id}
         case Error(code=code, message=text, id=msg_id):
             body = {"type": "error", "code": code, "message": text}
             if msg_id is not None:
                 body["id"] = msg_id
-    return json.dumps(body, separators=(",", ":"))
+    return _dump(body)
+
+
+def encode_update(board: str, seq: int, entries: Sequence[dict[str, Any]]) -> str:
+    """The ``update`` frame of one leaderboard state, encoded once for every subscriber."""
+    return _dump({"type": "update", "leaderboard": board, "seq": seq, "entries": list(entries)})

@@ -160,7 +160,7 @@ def cmd_serve(settings: Settings) -> int:
 
 
 def cmd_dev(settings: Settings) -> int:
-    settings = with_dev_secrets(settings)
+    settings = with_dev_secrets(settings).replace(dev_mode=True)
     return _run(settings, embedded=True)
 
 

@@ -166,13 +166,26 @@ class V1Api:
         settings = self._settings
         check_bearer(req.headers.get("authorization"), settings.service_key, what="service key")
         body = await json_body(req, self._max_body)
-        user_id = _user_id(body.get("user_id"))
+        return self._mint(_user_id(body.get("user_id")), body, default_delta=None)
+
+    async def dev_mint_action(self, req: ApiRequest) -> dict[str, Any]:
+        """Development only: a signed-in player mints a token for themself."""
+        if not self._settings.dev_mode:
+            raise NotFound("not found", code="not_found")
+        claims = self._player(req)
+        body = await json_body(req, self._max_body)
+        return self._mint(claims.user_id, body, default_delta=100)
+
+    def _mint(
+        self, user_id: str, body: dict[str, Any], *, default_delta: int | None
+    ) -> dict[str, Any]:
+        settings = self._settings
         board_id = body.get("leaderboard", "global")
         if not isinstance(board_id, str):
             raise Unprocessable('"leaderboard" must be a string', code="invalid_value")
         self._board(board_id)
         action_type = body.get("action_type", "score")
-        delta = body.get("delta")
+        delta = body.get("delta", default_delta)
         if not isinstance(action_type, str) or not re.fullmatch(
             r"[a-z][a-z0-9_]{0,31}", action_type
         ):
@@ -362,6 +375,7 @@ ROUTES: Final = (
     Route("POST", "/v1/auth/refresh", "auth_refresh"),
     Route("POST", "/v1/auth/logout", "auth_logout"),
     Route("POST", "/v1/actions", "mint_action"),
+    Route("POST", "/v1/dev/actions", "dev_mint_action"),
     Route("POST", "/v1/scores/update", "update_score", fast=True),
     Route("POST", "/scores/update", "update_score", fast=True),
     Route("GET", "/v1/leaderboards", "list_boards"),

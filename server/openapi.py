@@ -38,6 +38,7 @@ _MAX_DELTA: Final = 2**53 - 1
 
 #: Every error code the HTTP API answers with: its status, and what it means to a client.
 CODES: Final[dict[str, tuple[int, str]]] = {
+    "not_found": (404, "no such route here (development routes need PODIUM_DEV_MODE)"),
     "bad_request": (400, "the body is not a JSON object, or a query parameter not an integer"),
     "malformed_json": (400, "the body is not valid JSON"),
     "bad_leaderboard_id": (400, "not a leaderboard id (1-64 of a-z 0-9 _ -, starting a-z/0-9)"),
@@ -402,6 +403,18 @@ def _operations(max_limit: int) -> list[tuple[str, str, Json]]:
             errors=f"bad_key {_BODY} bad_user_id {_BOARD} action_type_unknown invalid_value "
             "delta_out_of_range",
         ),
+        _op(
+            "POST /v1/dev/actions",
+            "devMintActionToken",
+            "Development only: mint an action token for yourself",
+            tag="actions",
+            security=_PLAYER,
+            body="DevMintAction",
+            ok=("Minted", "ActionToken"),
+            errors=f"not_found {_JWT} {_BODY} {_BOARD} action_type_unknown invalid_value "
+            "delta_out_of_range",
+            description="Answers 404 unless the node runs with PODIUM_DEV_MODE (podium dev).",
+        ),
         _op("POST /v1/scores/update", "updateScore", "Submit an action token", **score_update),
         _op(
             "POST /scores/update",
@@ -569,6 +582,14 @@ def _components(max_limit: int) -> Json:
             {
                 "leaderboard": board_id | {"default": "global"},
                 "action_type": _str(ACTION_TYPE_PATTERN, default="score"),
+            },
+        ),
+        "DevMintAction": _object(
+            {},
+            {
+                "leaderboard": board_id | {"default": "global"},
+                "action_type": _str(ACTION_TYPE_PATTERN, default="score"),
+                "delta": _int(-_MAX_DELTA, _MAX_DELTA, default=100),
             },
         ),
         "ActionToken": _object(

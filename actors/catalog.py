@@ -46,6 +46,7 @@ class CatalogActor:
         self._boards: dict[str, Board] = {}
         self._revoked: dict[str, float] = {}  # session id -> expires_at (unix s)
         self._revoked_cursor: dt.datetime | None = None
+        self._revocation_watchers: list[Callable[[str], None]] = []
 
     # ---- reads (synchronous, from any task)
 
@@ -64,7 +65,18 @@ class CatalogActor:
         self._boards[board.id] = board
 
     def revoke_nowait(self, session_id: str, expires_at: float) -> None:
+        self._revoke(session_id, expires_at)
+
+    def watch_revocations(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(session_id)`` for each session revoked from now on, on any node."""
+        self._revocation_watchers.append(callback)
+
+    def _revoke(self, session_id: str, expires_at: float) -> None:
+        fresh = session_id not in self._revoked
         self._revoked[session_id] = expires_at
+        if fresh:
+            for callback in self._revocation_watchers:
+                callback(session_id)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         loaded = await self._poll(boards=True)
@@ -94,7 +106,7 @@ class CatalogActor:
             self._revoked_cursor
         )
         for session_id, expires_at in revoked:
-            self._revoked[session_id] = expires_at
+            self._revoke(session_id, expires_at)
         now = self._clock()
         for session_id in [s for s, expires in self._revoked.items() if expires < now - 60]:
             del self._revoked[session_id]

@@ -1,28 +1,73 @@
 """The connection actor: one per WebSocket, owning that socket's session.
 
-It greets the client with ``welcome`` and answers frames until the peer goes
-away. The protocol itself is decoded by :mod:`protocol.messages` (sans-IO);
-this actor only moves frames. A bad frame gets its documented error (and a
-close code where the protocol says so); any other failure is the listener's
-to handle: it closes only this socket, with 1011.
+It speaks the protocol of :mod:`protocol.messages` with the state table of
+:mod:`protocol.session`: greets with ``welcome``; authenticates by the first
+``auth`` message; subscribes and unsubscribes through the fan-out actor;
+submits scores through the very same :class:`server.score_path.ScorePath` as
+HTTP, answering each with ``ack`` or ``error`` carrying the client's id;
+answers ``ping`` with ``pong``.
+
+Everything the server sends goes through one bounded **outbox**, drained by
+a writer task, so frames leave in order and nothing ever waits for a slow
+client: when the outbox is full the connection closes with 4508 (too slow).
+The actor pings the peer every ``heartbeat_s`` and drops it when a pong has
+not come within two heartbeats. Inbound messages are rate limited (a token
+bucket): over the limit a message gets ``rate_limited``, and a client that
+keeps flooding is closed with 4008.
+
+*Error handling*: a bad frame gets its documented error (and close code
+where the protocol says so). Any other failure is the listener's to handle:
+it closes only this socket, with 1011.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
+from trio_websocket import ConnectionClosed
 
+from actors.fanout import FanoutActor, Watcher
+from protocol.errors import PodiumError
+from protocol.jwt_keys import AccessClaims
+from protocol.leaderboards import Board
 from protocol.messages import (
+    Ack,
+    Auth,
+    Authed,
+    CloseCode,
     Error,
     Ping,
     Pong,
     ProtocolError,
     ServerMessage,
+    Submit,
+    Subscribe,
+    Unsubscribe,
+    Unsubscribed,
     Welcome,
     decode_client,
     encode,
 )
+from protocol.ratelimit import TokenBucket
+from protocol.session import Session
+
+if TYPE_CHECKING:
+    from config import Settings
+    from server.auth import AuthService
+    from server.score_path import ScorePath
+
+log = logging.getLogger(__name__)
+
+#: Submissions one socket may have in flight at once.
+MAX_IN_FLIGHT = 16
+#: Rate-limited messages in a row after which the client is closed as flooding.
+FLOOD_LIMIT = 50
 
 
 class MessageSocket(Protocol):
@@ -34,38 +79,256 @@ class MessageSocket(Protocol):
 
     async def aclose(self, code: int = 1000, reason: str | None = None) -> None: ...
 
+    async def ping(self, payload: bytes | None = None) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionContext:
+    """What every connection on a node shares."""
+
+    settings: Settings
+    node_id: str
+    auth: AuthService
+    score_path: ScorePath
+    fanout: FanoutActor
+    board: Callable[[str], Board | None]
+    count_submission: Callable[[str], None]
+
+
+@contextlib.contextmanager
+def _ends_on_close(actor: ConnectionActor) -> Iterator[None]:
+    """The peer went away: stop the whole connection, quietly."""
+    try:
+        yield
+    except ConnectionClosed:
+        actor.closing = actor.closing or CloseCode.NORMAL
+        if actor._nursery is not None:
+            actor._nursery.cancel_scope.cancel()
+
 
 class ConnectionActor:
     """Serves one WebSocket; see the module docstring.
 
-    Never returns until the peer closes (the transport's ``ConnectionClosed``
-    propagates to the caller) or the protocol closes the socket.
+    Returns when the socket closes (the transport's ``ConnectionClosed``
+    propagates to the caller) or the protocol closed it.
     """
 
     def __init__(
-        self, socket: MessageSocket, *, node_id: str, heartbeat_s: float, max_message_bytes: int
+        self,
+        socket: MessageSocket,
+        context: ConnectionContext,
+        *,
+        remote: str | None,
+        user_agent: str | None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        settings = context.settings
         self._socket = socket
-        self._node_id = node_id
-        self._heartbeat_s = heartbeat_s
-        self._max_message_bytes = max_message_bytes
+        self._context = context
+        self._remote = remote
+        self._user_agent = user_agent
+        self._clock = clock
+        self._session = Session(
+            allow_spectators=settings.ws_allow_spectators,
+            max_subscriptions=settings.ws_max_subscriptions,
+        )
+        self._bucket = TokenBucket(
+            rate_per_s=settings.ws_rate_per_s, burst=settings.ws_rate_burst, now=clock()
+        )
+        self._outbox, self._outbox_receive = trio.open_memory_channel[str](settings.ws_outbox_size)
+        self._watcher = Watcher(push=self._push_frame, too_slow=self._too_slow)
+        self._token: str | None = None
+        self._claims: AccessClaims | None = None
+        self._in_flight = 0
+        self._flooding = 0
+        self._nursery: trio.Nursery | None = None
+        self._writer_done = trio.Event()
+        self.closing: CloseCode | None = None
 
-    async def _send(self, message: ServerMessage) -> None:
-        await self._socket.send_message(encode(message))
+    @property
+    def session_id(self) -> str | None:
+        return self._claims.session_id if self._claims else None
+
+    # ---- closing, from this task or any other
+
+    def close_nowait(self, code: CloseCode, reason: str) -> None:
+        """Close the socket with ``code`` soon; idempotent."""
+        if self.closing is not None or self._nursery is None:
+            return
+        self.closing = code
+        self._session.closed()
+        self._context.fanout.forget(self._watcher)
+        self._nursery.start_soon(self._close, code, reason)
+
+    async def _close(self, code: CloseCode, reason: str) -> None:
+        # Let what is already queued (say, the error explaining the close) go
+        # out first — unless the peer is the problem.
+        self._outbox.close()
+        if code is not CloseCode.TOO_SLOW:
+            with trio.move_on_after(1.0):
+                await self._writer_done.wait()
+        with trio.move_on_after(2.0):
+            await self._socket.aclose(int(code), reason)
+        assert self._nursery is not None
+        self._nursery.cancel_scope.cancel()
+
+    def _too_slow(self) -> None:
+        self.close_nowait(CloseCode.TOO_SLOW, "too slow: messages were piling up")
+
+    # ---- sending: everything goes through the outbox
+
+    def _push_frame(self, frame: str) -> bool:
+        try:
+            self._outbox.send_nowait(frame)
+        except trio.WouldBlock:
+            return False
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            return True  # closing anyway
+        return True
+
+    def _send(self, message: ServerMessage) -> None:
+        if not self._push_frame(encode(message)):
+            self._too_slow()
+
+    async def _writer(self) -> None:
+        try:
+            with _ends_on_close(self):
+                async for frame in self._outbox_receive:
+                    await self._socket.send_message(frame)
+        finally:
+            self._writer_done.set()
+
+    async def _heartbeat(self) -> None:
+        interval = self._context.settings.ws_heartbeat_s
+        while True:
+            await trio.sleep(interval)
+            with trio.move_on_after(2 * interval) as missed, _ends_on_close(self):
+                await self._socket.ping()
+            if missed.cancelled_caught:
+                log.info("websocket peer missed two heartbeats", extra={"remote": self._remote})
+                self.close_nowait(CloseCode.GOING_AWAY, "no pong within two heartbeats")
+
+    # ---- the session
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        await self._send(Welcome(node_id=self._node_id, heartbeat_s=self._heartbeat_s))
-        task_status.started()
-        while True:
+        settings = self._context.settings
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._writer)
+                nursery.start_soon(self._heartbeat)
+                self._send(
+                    Welcome(node_id=self._context.node_id, heartbeat_s=settings.ws_heartbeat_s)
+                )
+                task_status.started()
+                with _ends_on_close(self):
+                    await self._read()
+                # _read returns once a close has begun; _close ends the nursery.
+        finally:
+            self._context.fanout.forget(self._watcher)
+
+    async def _read(self) -> None:
+        settings = self._context.settings
+        while self.closing is None:
             frame = await self._socket.get_message()
-            try:
-                message = decode_client(frame, max_bytes=self._max_message_bytes)
-            except ProtocolError as exc:
-                await self._send(Error(code=exc.code, message=exc.message))
-                if exc.close is not None:
-                    await self._socket.aclose(exc.close, exc.message[:120])
+            if not self._bucket.take(self._clock()):
+                self._flooding += 1
+                if self._flooding >= FLOOD_LIMIT:
+                    self._send(Error(code="flooding", message="too many messages; closing"))
+                    self.close_nowait(CloseCode.POLICY, "flooding")
                     return
+                self._send(
+                    Error(
+                        code="rate_limited",
+                        message=f"at most {settings.ws_rate_per_s:g} messages per second",
+                    )
+                )
                 continue
-            match message:
-                case Ping(id=msg_id):
-                    await self._send(Pong(id=msg_id))
+            self._flooding = 0
+            try:
+                message = self._session.check(
+                    decode_client(
+                        frame,
+                        max_bytes=settings.ws_max_message_bytes,
+                        max_top=settings.ranking_publish_top_n,
+                    )
+                )
+                await self._handle(message)
+            except ProtocolError as exc:
+                self._send(Error(code=exc.code, message=exc.message, id=exc.id))
+                if exc.close is not None:
+                    self.close_nowait(exc.close, exc.message[:120])
+                    return
+
+    async def _handle(self, message: Any) -> None:
+        match message:
+            case Ping(id=msg_id):
+                self._send(Pong(id=msg_id))
+            case Auth(token=token):
+                self._authenticate(token)
+            case Subscribe(leaderboard=board_id, top=top):
+                await self._subscribe(board_id, top)
+            case Unsubscribe(leaderboard=board_id):
+                self._context.fanout.forget(self._watcher, board_id)
+                self._session.unsubscribed(board_id)
+                self._send(Unsubscribed(leaderboard=board_id))
+            case Submit():
+                self._start_submit(message)
+
+    def _authenticate(self, token: str) -> None:
+        try:
+            claims = self._context.auth.verify(token)
+        except PodiumError as exc:
+            raise self._session.auth_failed(exc.message) from None
+        self._token, self._claims = token, claims
+        self._session.authed(claims.user_id)
+        self._watcher.user_id = claims.user_id
+        self._send(Authed(user_id=claims.user_id))
+
+    async def _subscribe(self, board_id: str, top: int) -> None:
+        board = self._context.board(board_id)
+        if board is None:
+            raise ProtocolError(f"no leaderboard {board_id!r}", code="leaderboard_not_found")
+        try:
+            await self._context.fanout.watch(self._watcher, board, top)
+        except PodiumError as exc:
+            raise ProtocolError(exc.message, code=exc.code) from None
+        self._session.subscribed(board_id)
+
+    def _start_submit(self, message: Submit) -> None:
+        if self._in_flight >= MAX_IN_FLIGHT:
+            raise ProtocolError(
+                f"at most {MAX_IN_FLIGHT} submissions in flight per connection",
+                code="too_many_in_flight",
+                id=message.id,
+            )
+        assert self._nursery is not None
+        self._in_flight += 1
+        self._nursery.start_soon(self._submit, message)
+
+    async def _submit(self, message: Submit) -> None:
+        try:
+            assert self._token is not None
+            # Re-checked per submission: the token may have expired or been revoked.
+            claims = self._context.auth.verify(self._token)
+            ack = await self._context.score_path.submit(
+                claims, message.action_token, ip=self._remote, user_agent=self._user_agent
+            )
+        except PodiumError as exc:
+            self._context.count_submission(exc.code)
+            self._send(Error(code=exc.code, message=exc.message, id=message.id))
+            if exc.code in ("session_revoked", "token_expired"):
+                self.close_nowait(CloseCode.UNAUTHORIZED, exc.message)
+        else:
+            self._context.count_submission("ok")
+            self._send(
+                Ack(
+                    id=message.id,
+                    leaderboard=ack.leaderboard,
+                    old_score=ack.old_score,
+                    new_score=ack.new_score,
+                    rank=ack.rank,
+                )
+            )
+        finally:
+            self._in_flight -= 1

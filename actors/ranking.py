@@ -94,11 +94,18 @@ class _Read:
 
 
 @dataclass(slots=True)
+class _Snapshot:
+    board: Board
+    top: int
+    reply: Reply
+
+
+@dataclass(slots=True)
 class _ReadGroup:
     requests: list[_Read]
 
 
-_Request = _Apply | _Nonce | _Read
+_Request = _Apply | _Nonce | _Read | _Snapshot
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +231,18 @@ class RankingActor:
                 else:
                     commands.append(("DEL", key))
                 plan.append((request, 1))
+            elif isinstance(request, _Snapshot):
+                if self._rebuilding:
+                    answer(request.reply, outcome.Error(_rebuilding()))
+                    continue
+                board = request.board
+                z, m, seq = self._keys.board(board.id, board.current_period)
+                desc = "1" if board.descending else "0"
+                commands.append(("GET", seq))
+                commands.append(
+                    Script("read_board", [z, m], [desc, "range", "0", str(request.top)])
+                )
+                plan.append((request, 2))
             elif isinstance(request, _Read):
                 if self._rebuilding:
                     answer(request.reply, outcome.Error(_rebuilding()))
@@ -248,9 +267,12 @@ class RankingActor:
             self._fail(plan, exc)
             return
         self._counters.batches += 1
-        epoch, results = results[0], results[1:]
-        for (target, _), result in zip(plan, results, strict=True):
-            self._answer(target, result)
+        epoch, position = results[0], 1
+        for target, slots in plan:
+            self._answer(
+                target, results[position] if slots == 1 else results[position : position + slots]
+            )
+            position += slots
         if epoch is None and not self._rebuilding:
             self._start_rebuild("redis has no epoch (restarted or flushed)")
         elif self._missed_since is not None and not self._rebuilding:
@@ -290,6 +312,13 @@ class RankingActor:
                 answer(target.reply, outcome.Error(Unavailable(result.message)))
             else:
                 answer(target.reply, outcome.Value(result is not None and result != 0))
+        elif isinstance(target, _Snapshot):
+            seq, rows = target_result = result
+            if isinstance(rows, CommandError) or isinstance(seq, CommandError):
+                log.error("reading a snapshot failed: %s", target_result)
+                answer(target.reply, outcome.Error(Unavailable("reading ranks failed")))
+            else:
+                answer(target.reply, outcome.Value((int(seq or 0), _entries(rows))))
         elif isinstance(target, _ReadGroup):
             # An Outcome unwraps once: each waiter gets its own.
             if isinstance(result, CommandError):
@@ -490,6 +519,13 @@ class RankingClient:
             lambda reply: _Read(board, "range", [str(offset), str(limit), after_user], reply)
         )
         return entries
+
+    async def snapshot(self, board: Board, top: int) -> tuple[int, list[Entry]]:
+        """The board's publication sequence number and its top ``top``, read together."""
+        answer: tuple[int, list[Entry]] = await self._ask(
+            lambda reply: _Snapshot(board, top, reply)
+        )
+        return answer
 
     async def around(self, board: Board, user_id: str, radius: int) -> list[Entry]:
         entries: list[Entry] = await self._ask(

@@ -34,6 +34,7 @@ class CloseCode(IntEnum):
     """WebSocket close codes. 4000-4099 are terminal, 4500-4599 mean "reconnect"."""
 
     NORMAL = 1000
+    GOING_AWAY = 1001
     INTERNAL_ERROR = 1011
     UNAUTHORIZED = 4001
     FORBIDDEN = 4003

@@ -8,11 +8,14 @@ exception is logged with its traceback and answered with a bare 500
 
 from __future__ import annotations
 
+import html
 import logging
-from typing import TYPE_CHECKING, Any
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
 
 import trio
-from quart import Response, jsonify
+from quart import Response, jsonify, request, send_from_directory
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
@@ -24,6 +27,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _READY_CHECK_TIMEOUT_S = 2.0
+
+#: The live leaderboard page: plain files, packaged with the server.
+STATIC_DIR: Final = Path(__file__).parent / "static"
+_WS_URL_PLACEHOLDER: Final = "{{WS_URL}}"
+# A Host header we are willing to echo into the page: a name, IPv4 or [IPv6],
+# optionally with a port (dropped: the WebSocket has its own).
+_HOST_RE: Final = re.compile(r"(?P<host>[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\])(?::\d{1,5})?")
 
 # Werkzeug's HTTP errors, renamed into our codes.
 _HTTP_CODES = {
@@ -43,7 +53,8 @@ def _error_response(status: int, code: str, message: str) -> Response:
 
 def create_app(services: NodeServices) -> QuartTrio:
     """The Quart app of one node, bound to its services."""
-    app = QuartTrio("podium")
+    # No automatic static route: the page's own view below serves /static/.
+    app = QuartTrio("podium", static_folder=None)
     app.config.update(
         MAX_CONTENT_LENGTH=services.settings.http_max_body_bytes,
         PROVIDE_AUTOMATIC_OPTIONS=False,
@@ -107,7 +118,42 @@ def create_app(services: NodeServices) -> QuartTrio:
 
         return Response(services.metrics.render(), content_type=CONTENT_TYPE)
 
+    # The page and its files share the "static" endpoint: they are not part of
+    # the API, so the OpenAPI document (and its route test) leave them out.
+    @app.get("/", endpoint="static", defaults={"filename": "index.html"})
+    @app.get("/static/<path:filename>", endpoint="static")
+    async def static_file(filename: str) -> Response:
+        """The live leaderboard page (``/``) and its scripts and styles."""
+        if filename != "index.html":
+            response = await send_from_directory(STATIC_DIR, filename)
+            response.headers["Cache-Control"] = "no-cache"
+            return response
+        ws_url = page_ws_url(request.host, services.settings.bind_host, services.settings.ws_port)
+        page = await trio.Path(STATIC_DIR / "index.html").read_text("utf-8")
+        page = page.replace(_WS_URL_PLACEHOLDER, html.escape(ws_url, quote=True))
+        response = Response(page, content_type="text/html; charset=utf-8")
+        response.headers["Cache-Control"] = "no-cache"
+        response.headers["Content-Security-Policy"] = (
+            "default-src 'self'; img-src 'self' data:; "
+            f"connect-src 'self' {ws_url}; frame-ancestors 'none'; base-uri 'none'"
+        )
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        return response
+
     return app
+
+
+def page_ws_url(host_header: str, bind_host: str, ws_port: int) -> str:
+    """The WebSocket URL the page should use: the host it was loaded from, our WS port.
+
+    A Host header that is not a plain host name or address is ignored in
+    favour of ``bind_host``, so nothing odd is echoed into the page.
+    """
+    match = _HOST_RE.fullmatch(host_header or "")
+    host = match["host"] if match else bind_host
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"  # a bare IPv6 bind address
+    return f"ws://{host}:{ws_port}/v1/ws"
 
 
 async def check_with_timeout(check: Any) -> str:

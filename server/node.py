@@ -23,6 +23,8 @@ import trio
 import trio_asyncio
 
 from actors.catalog import CatalogActor
+from actors.connection import ConnectionContext
+from actors.fanout import FanoutActor
 from actors.ledger import LedgerActor
 from actors.ranking import RankingActor, RankingClient
 from actors.supervisor import ActorFailed, ChildSpec, RestartWithBackoff, StopNode, Supervisor
@@ -194,6 +196,13 @@ class Node:
                 linger_s=settings.ledger_linger_s,
                 inbox=ledger_inbox,
             )
+            fanout = FanoutActor(
+                redis=redis,
+                ranking=ranking_client,
+                board=catalog.board,
+                key_prefix=settings.redis_key_prefix,
+                tick_s=settings.ws_tick_s,
+            )
             self._export_statistics(ledger, ranking)
             assert settings.action_key is not None
             services = NodeServices(
@@ -219,6 +228,21 @@ class Node:
                 action_rules=action_token.parse_action_types(settings.action_types),
                 draining=self._draining,
             )
+            listener = WsListener(
+                ConnectionContext(
+                    settings=settings,
+                    node_id=self.node_id,
+                    auth=services.auth,
+                    score_path=services.score_path,
+                    fanout=fanout,
+                    board=catalog.board,
+                    count_submission=lambda outcome: self.metrics.submissions_total.labels(
+                        outcome
+                    ).inc(),
+                ),
+                metrics=self.metrics,
+            )
+            catalog.watch_revocations(listener.session_revoked)
             app = create_app(services)
             asgi = FastPath(
                 app, app.extensions["podium.v1"], max_body_bytes=settings.http_max_body_bytes
@@ -228,14 +252,11 @@ class Node:
                     ChildSpec("catalog", lambda: catalog, restart),
                     ChildSpec("ranking", lambda: ranking, restart),
                     ChildSpec("ledger", lambda: ledger, restart),
+                    ChildSpec("fanout", lambda: fanout, restart),
                     ChildSpec("http", lambda: HttpServer(asgi, settings), restart),
                     # Without the listener the node is deaf to its clients:
                     # fail loudly rather than limp along.
-                    ChildSpec(
-                        "ws",
-                        lambda: WsListener(settings, node_id=self.node_id, metrics=self.metrics),
-                        StopNode(),
-                    ),
+                    ChildSpec("ws", lambda: listener, StopNode()),
                 ],
                 graceful_timeout_s=settings.graceful_timeout_s,
             )

@@ -1,7 +1,9 @@
 """The WebSocket listener: accepts ``/v1/ws`` and runs a connection actor per socket.
 
 *Resource handling*: the number of open sockets is bounded by
-``ws_max_connections``; a handshake beyond it is refused with 503.
+``ws_max_connections``; a handshake beyond it is refused with 503, and one
+from a browser origin not in ``ws_allowed_origins`` with 403. When a session
+is revoked on any node, its sockets here are closed with 4001.
 :meth:`WsListener.drain_nowait` stops accepting and closes every socket with
 4503 ("node draining", reconnect elsewhere); :meth:`run` returns when the
 last one is gone.
@@ -15,13 +17,11 @@ from __future__ import annotations
 
 import logging
 from functools import partial
-from typing import Any
 
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
 
-from actors.connection import ConnectionActor
-from config import Settings
+from actors.connection import ConnectionActor, ConnectionContext
 from protocol.messages import CloseCode
 from server.metrics import NodeMetrics
 
@@ -34,11 +34,17 @@ _CLOSE_TIMEOUT_S = 2.0
 class WsListener:
     """Serves WebSockets on ``settings.ws_port``; ``started()`` reports the bound port."""
 
-    def __init__(self, settings: Settings, *, node_id: str, metrics: NodeMetrics) -> None:
-        self._settings = settings
-        self._node_id = node_id
+    def __init__(self, context: ConnectionContext, *, metrics: NodeMetrics) -> None:
+        self._context = context
+        self._settings = settings = context.settings
         self._metrics = metrics
         self._connections: set[WebSocketConnection] = set()
+        self._actors: set[ConnectionActor] = set()
+        self._origins = (
+            None
+            if settings.ws_allowed_origins == "*"
+            else frozenset(o.strip().rstrip("/") for o in settings.ws_allowed_origins.split(","))
+        )
         self._draining = trio.Event()
         self._all_closed = trio.Event()
 
@@ -48,6 +54,12 @@ class WsListener:
 
     def drain_nowait(self) -> None:
         self._draining.set()
+
+    def session_revoked(self, session_id: str) -> None:
+        """Close every socket of ``session_id`` with 4001."""
+        for actor in list(self._actors):
+            if actor.session_id == session_id:
+                actor.close_nowait(CloseCode.UNAUTHORIZED, "session revoked")
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         settings = self._settings
@@ -90,6 +102,21 @@ class WsListener:
             self._metrics.ws_rejected_total.labels("not_found").inc()
             await request.reject(404, body=b'{"error":{"code":"not_found","message":"use /v1/ws"}}')
             return
+        headers = {
+            name.decode("latin-1").lower(): value.decode("latin-1")
+            for name, value in request.headers
+        }
+        origin = headers.get("origin")
+        if (
+            self._origins is not None
+            and origin is not None
+            and origin.rstrip("/") not in self._origins
+        ):
+            self._metrics.ws_rejected_total.labels("origin").inc()
+            await request.reject(
+                403, body=b'{"error":{"code":"origin_not_allowed","message":"origin not allowed"}}'
+            )
+            return
         if self._draining.is_set() or len(self._connections) >= self._settings.ws_max_connections:
             reason = "draining" if self._draining.is_set() else "too_many_connections"
             self._metrics.ws_rejected_total.labels(reason).inc()
@@ -104,13 +131,14 @@ class WsListener:
         self._connections.add(connection)
         self._metrics.ws_connections.inc()
         self._metrics.ws_connections_total.inc()
+        actor = ConnectionActor(
+            connection,
+            self._context,
+            remote=_peer_address(connection),
+            user_agent=headers.get("user-agent"),
+        )
+        self._actors.add(actor)
         try:
-            actor = ConnectionActor(
-                connection,
-                node_id=self._node_id,
-                heartbeat_s=self._settings.ws_heartbeat_s,
-                max_message_bytes=self._settings.ws_max_message_bytes,
-            )
             await actor.run()
         except ConnectionClosed:
             pass
@@ -119,16 +147,19 @@ class WsListener:
             log.error(
                 "connection actor failed; closing its socket with 1011",
                 exc_info=exc,
-                extra={"remote": _remote(connection)},
+                extra={"remote": _peer_address(connection)},
             )
             await self._close(connection, CloseCode.INTERNAL_ERROR, "internal error")
         finally:
+            self._actors.discard(actor)
             self._connections.discard(connection)
             self._metrics.ws_connections.dec()
             if self._draining.is_set() and not self._connections:
                 self._all_closed.set()
 
 
-def _remote(connection: WebSocketConnection) -> Any:
-    remote = connection.remote
-    return f"{getattr(remote, 'address', '?')}:{getattr(remote, 'port', '?')}"
+def _peer_address(connection: WebSocketConnection) -> str | None:
+    try:
+        return str(connection.remote.address)  # type: ignore[union-attr]
+    except (OSError, AttributeError):  # the socket is already gone, or not TCP
+        return None

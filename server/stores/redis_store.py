@@ -21,6 +21,7 @@ error (a wrong type, a script error) is returned in its slot as a
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 from collections.abc import AsyncIterator, Sequence
@@ -113,6 +114,16 @@ class RedisStore:
         result: list[Any] = await self._call(self._pipeline_aio, commands)
         return result
 
+    @contextlib.asynccontextmanager
+    async def open_subscription(self) -> AsyncIterator[Subscription]:
+        """A pub/sub connection of its own, for the duration of the block."""
+        pubsub = self._client.pubsub()
+        try:
+            yield Subscription(pubsub, self)
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(self._timeout_s):
+                await trio_asyncio.aio_as_trio(pubsub.aclose)()
+
     # ---- asyncio side
 
     async def _pipeline_aio(self, commands: Sequence[Command]) -> list[Any]:
@@ -147,6 +158,68 @@ class RedisStore:
                 pipe.execute_command(*command)
         raw = await pipe.execute(raise_on_error=False)
         return [_decode(item) for item in raw]
+
+
+@dataclass(frozen=True, slots=True)
+class PubSubMessage:
+    """One pub/sub event: ``kind`` is "message", "subscribe" or "unsubscribe"."""
+
+    kind: str
+    channel: str
+    data: str
+
+
+class Subscription:
+    """A Redis pub/sub connection used from Trio; owned by the fan-out actor.
+
+    One task calls :meth:`receive` in a loop; others may (un)subscribe
+    meanwhile — the confirmation arrives through :meth:`receive`.
+    """
+
+    def __init__(self, pubsub: Any, store: RedisStore) -> None:
+        self._pubsub = pubsub
+        self._store = store
+
+    async def subscribe(self, channel: str) -> None:
+        await self._store._call(self._pubsub.subscribe, channel)
+
+    async def unsubscribe(self, channel: str) -> None:
+        await self._store._call(self._pubsub.unsubscribe, channel)
+
+    async def receive(self, *, wait_s: float, max_messages: int = 1000) -> list[PubSubMessage]:
+        """Wait up to ``wait_s`` for an event; return it and whatever else is already here."""
+        try:
+            raw: list[dict[str, Any]] = await trio_asyncio.aio_as_trio(self._receive_aio)(
+                wait_s, max_messages
+            )
+        except _UNAVAILABLE as exc:
+            raise Unavailable(
+                f"Redis pub/sub is unavailable: {type(exc).__name__}", code="redis_unavailable"
+            ) from exc
+        return [
+            PubSubMessage(
+                kind=_decode(m["type"]),
+                channel=_decode(m["channel"]),
+                data=_decode(m["data"]) if isinstance(m["data"], bytes) else str(m["data"]),
+            )
+            for m in raw
+        ]
+
+    async def _receive_aio(self, wait_s: float, max_messages: int) -> list[dict[str, Any]]:
+        if not self._pubsub.subscribed:
+            # redis-py returns at once when nothing is subscribed; wait like a read would.
+            await asyncio.sleep(wait_s)
+            return []
+        first = await self._pubsub.get_message(timeout=wait_s)
+        if first is None:
+            return []
+        out = [first]
+        while len(out) < max_messages:
+            more = await self._pubsub.get_message(timeout=0)
+            if more is None:
+                break
+            out.append(more)
+        return out
 
 
 def _decode(value: Any) -> Any:

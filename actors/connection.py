@@ -68,6 +68,7 @@ log = logging.getLogger(__name__)
 MAX_IN_FLIGHT = 16
 #: Rate-limited messages in a row after which the client is closed as flooding.
 FLOOD_LIMIT = 50
+_CLOSE_TIMEOUT_S = 5.0
 
 
 class MessageSocket(Protocol):
@@ -101,7 +102,9 @@ def _ends_on_close(actor: ConnectionActor) -> Iterator[None]:
     try:
         yield
     except ConnectionClosed:
-        actor.closing = actor.closing or CloseCode.NORMAL
+        if actor.closing is not None:
+            return  # our own close is under way; _close ends the connection
+        actor.closing = CloseCode.NORMAL
         if actor._nursery is not None:
             actor._nursery.cancel_scope.cancel()
 
@@ -167,7 +170,9 @@ class ConnectionActor:
         if code is not CloseCode.TOO_SLOW:
             with trio.move_on_after(1.0):
                 await self._writer_done.wait()
-        with trio.move_on_after(2.0):
+        # A slow peer gets the close frame only after it has read what its
+        # buffers hold; give it a while, then cut the connection (1006).
+        with trio.move_on_after(_CLOSE_TIMEOUT_S):
             await self._socket.aclose(int(code), reason)
         assert self._nursery is not None
         self._nursery.cancel_scope.cancel()

@@ -268,11 +268,17 @@ class RankingActor:
             return
         self._counters.batches += 1
         epoch, position = results[0], 1
-        for target, slots in plan:
-            self._answer(
-                target, results[position] if slots == 1 else results[position : position + slots]
-            )
-            position += slots
+        if epoch is None:
+            # Redis lost its data (a restart or FLUSHALL): whatever this batch
+            # read is wrong, and ranks of what it applied mean nothing yet.
+            self._fail_empty(plan)
+        else:
+            for target, slots in plan:
+                self._answer(
+                    target,
+                    results[position] if slots == 1 else results[position : position + slots],
+                )
+                position += slots
         if epoch is None and not self._rebuilding:
             self._start_rebuild("redis has no epoch (restarted or flushed)")
         elif self._missed_since is not None and not self._rebuilding:
@@ -342,6 +348,20 @@ class RankingActor:
                     answer(request.reply, outcome.Error(error))
             else:
                 answer(target.reply, outcome.Error(error))
+
+    def _fail_empty(self, plan: list[tuple[Any, int]]) -> None:
+        for target, _ in plan:
+            if isinstance(target, list):
+                for request in target:
+                    answer(request.reply, outcome.Value((request.result, None)))
+            elif isinstance(target, _ReadGroup):
+                for request in target.requests:
+                    answer(request.reply, outcome.Error(_rebuilding()))
+            elif isinstance(target, _Nonce):
+                # The claim itself went through (SET NX on an empty Redis).
+                answer(target.reply, outcome.Value(True))
+            else:
+                answer(target.reply, outcome.Error(_rebuilding()))
 
     def _note_missed(self) -> None:
         if self._missed_since is None:

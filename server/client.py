@@ -408,6 +408,9 @@ class PodiumClient:
         """Send one raw frame, unchecked; whatever answers it arrives as an event.
 
         For tests and tools that need to send what the other methods will not.
+        An id-less error answering it can be taken for the answer of an
+        ``auth``, ``subscribe`` or ``unsubscribe`` sent before it arrives:
+        read it with :meth:`next_event` first.
         """
         await self._send(frame)
 
@@ -562,11 +565,12 @@ class PodiumClient:
             key = msg_id
         elif kind == "error" and msg_id is None:
             # Errors for auth/subscribe/unsubscribe carry no id. Those requests go
-            # one at a time, so such an error is theirs; failing that, it can only
-            # belong to a lone request in flight (e.g. a rate-limited submit).
+            # one at a time, so such an error is theirs. A rate-limited message is
+            # answered only with an id-less rate_limited: with one request in
+            # flight, it is that one's.
             if self._plain is not None:
                 pending = self._plain
-            elif len(self._by_id) == 1:
+            elif frame.get("code") == "rate_limited" and len(self._by_id) == 1:
                 key = next(iter(self._by_id))
         elif kind in ("authed", "snapshot", "unsubscribed") and self._plain is not None:
             pending = self._plain

@@ -277,19 +277,22 @@ async def open_embedded_redis(
     persist: bool = True,
     binary: Path | None = None,
     host: str = "127.0.0.1",
+    port: int | None = None,
 ) -> AsyncIterator[EmbeddedRedis]:
     """Run a private Redis for the duration of the ``async with`` block.
 
     With ``persist`` the data survives restarts (append-only file, fsync every
     second; Redis is a rebuildable index, PostgreSQL is the source of truth).
+    ``port`` asks for a given port (tests restart a Redis where it was).
     """
     data_dir = _prepare_dir(data_dir)
     binary = binary or find_redis_server()
+    wanted_port = port
     for attempt in range(3):
-        port = free_port(host)
+        chosen = wanted_port or free_port(host)
         argv = [
             str(binary),
-            "--port", str(port),
+            "--port", str(chosen),
             "--bind", host,
             "--dir", str(data_dir),
             "--daemonize", "no",
@@ -301,17 +304,21 @@ async def open_embedded_redis(
         child = _Child(argv, log_path=data_dir / "redis.log", stop_signal=signal.SIGTERM)
         try:
             await _wait_ready(
-                child, partial(_tcp_answers, host, port, b"PING\r\n", b"+PONG"), "redis-server"
+                child, partial(_tcp_answers, host, chosen, b"PING\r\n", b"+PONG"), "redis-server"
             )
         except EmbeddedServiceError:
             await child.stop()
-            if "Address already in use" in child.log_tail() and attempt < 2:
+            if "Address already in use" in child.log_tail() and attempt < 2 and not wanted_port:
                 continue
             raise
         break
-    log.info("embedded redis ready", extra={"port": port, "pid": child.pid, "binary": str(binary)})
+    log.info(
+        "embedded redis ready", extra={"port": chosen, "pid": child.pid, "binary": str(binary)}
+    )
     try:
-        yield EmbeddedRedis(url=f"redis://{host}:{port}/0", port=port, pid=child.pid, binary=binary)
+        yield EmbeddedRedis(
+            url=f"redis://{host}:{chosen}/0", port=chosen, pid=child.pid, binary=binary
+        )
     finally:
         await child.stop()
         log.info("embedded redis stopped", extra={"pid": child.pid})

@@ -203,7 +203,7 @@ class Node:
                 key_prefix=settings.redis_key_prefix,
                 tick_s=settings.ws_tick_s,
             )
-            self._export_statistics(ledger, ranking)
+            self._export_statistics(ledger, ranking, fanout)
             assert settings.action_key is not None
             services = NodeServices(
                 settings=settings,
@@ -280,8 +280,26 @@ class Node:
             if failures:
                 raise failures[0]
 
-    def _export_statistics(self, ledger: LedgerActor, ranking: RankingActor) -> None:
+    def _export_statistics(
+        self, ledger: LedgerActor, ranking: RankingActor, fanout: FanoutActor
+    ) -> None:
         m = self.metrics
+        m.counter_from(
+            "podium_ws_frames", "Leaderboard frames handed to WebSocket outboxes.",
+            lambda: fanout.statistics().frames,
+        )  # fmt: skip
+        m.counter_from(
+            "podium_ws_slow_closed", "WebSockets closed with 4508 because their outbox was full.",
+            lambda: fanout.statistics().slow_closed,
+        )  # fmt: skip
+        m.counter_from(
+            "podium_pubsub_reconnects", "Times the pub/sub connection was re-established.",
+            lambda: fanout.statistics().reconnects,
+        )  # fmt: skip
+        m.gauge_from(
+            "podium_ws_watched_boards", "Leaderboards with local WebSocket watchers.",
+            lambda: fanout.statistics().boards,
+        )  # fmt: skip
         m.counter_from(
             "podium_ledger_batches", "PostgreSQL transactions the ledger committed.",
             lambda: ledger.statistics().batches,

@@ -67,7 +67,6 @@
     seq: null, // last snapshot/update seq applied; null before the first
     entries: [],
     me: null, // {rank, score} on this board, or null
-    meFromSocket: false,
     session: null, // {user_id, username, access_token, refresh_token}
     devMode: null, // null unknown, true, false
     nextSubmit: 1,
@@ -85,8 +84,15 @@
     ui.playerError.textContent = text || "";
   }
 
-  function showAck(kind, text) {
+  function showAck(kind, text, ack) {
     ui.lastAck.dataset.kind = kind;
+    // For tests and tools: which submission this is, and its outcome.
+    for (const key of ["id", "newScore", "rank"]) delete ui.lastAck.dataset[key];
+    if (ack) {
+      ui.lastAck.dataset.id = String(ack.id);
+      if (ack.new_score !== undefined) ui.lastAck.dataset.newScore = String(ack.new_score);
+      if (ack.rank) ui.lastAck.dataset.rank = String(ack.rank);
+    }
     ui.lastAck.textContent = text;
     ui.lastAck.classList.remove("flash");
     void ui.lastAck.offsetWidth; // restart the animation
@@ -229,7 +235,10 @@
     const session = state.session;
     ui.join.hidden = session !== null;
     ui.playing.hidden = session === null;
-    if (session) ui.meName.textContent = session.username;
+    if (session) {
+      ui.meName.textContent = session.username;
+      ui.playing.dataset.userId = session.user_id;
+    }
     ui.score.hidden = state.devMode === false;
     ui.score.disabled = !(state.authed && state.devMode !== false);
     ui.score.title = state.authed ? "" : "Waiting for the live connection…";
@@ -308,19 +317,6 @@
       }
     } catch (_) {
       // The socket will fill it in.
-    }
-  }
-
-  async function prefillMe() {
-    const session = state.session;
-    if (!session) return;
-    try {
-      const reply = await http("GET", `/v1/leaderboards/${board}/users/${session.user_id}`);
-      if (state.meFromSocket || state.session !== session) return;
-      if (reply.ok) state.me = { rank: reply.data.rank, score: reply.data.score };
-      renderMe();
-    } catch (_) {
-      // The socket's snapshot carries it too.
     }
   }
 
@@ -473,10 +469,7 @@
         break;
       case "snapshot":
         if (message.leaderboard !== board) break;
-        if (message.me !== undefined) {
-          state.me = message.me;
-          state.meFromSocket = state.authed;
-        }
+        if (message.me !== undefined) state.me = message.me;
         applyEntries(message.entries, message.seq);
         updateMeta();
         break;
@@ -489,7 +482,6 @@
       case "me":
         if (message.leaderboard !== board) break;
         state.me = { rank: message.rank, score: message.score };
-        state.meFromSocket = true;
         renderMe();
         break;
       case "ack": {
@@ -497,7 +489,7 @@
         state.pending.delete(message.id);
         const delta = submit ? `+${fmt(submit.delta)}: ` : "";
         const rank = message.rank ? ` · rank #${fmt(message.rank)}` : "";
-        showAck("ok", `${delta}${fmt(message.old_score)} → ${fmt(message.new_score)}${rank}`);
+        showAck("ok", `${delta}${fmt(message.old_score)} → ${fmt(message.new_score)}${rank}`, message);
         if (message.leaderboard === board) {
           state.me = { rank: message.rank, score: message.new_score };
           renderMe();
@@ -509,7 +501,7 @@
         if (message.id !== undefined && state.pending.has(message.id)) {
           const submit = state.pending.get(message.id);
           state.pending.delete(message.id);
-          showAck("error", `Score +${fmt(submit.delta)} refused: ${text}`);
+          showAck("error", `Score +${fmt(submit.delta)} refused: ${text}`, message);
         } else if (message.code === "auth_required" && !state.session) {
           ui.empty.textContent = "This server does not allow spectators: play to see the board.";
           ui.empty.hidden = false;
@@ -547,11 +539,9 @@
       ui.play.disabled = false;
       ui.play.textContent = "Play as guest";
     }
-    state.meFromSocket = false;
     renderPlayer();
     renderBoard();
-    authenticate(); // or on the next welcome
-    prefillMe();
+    authenticate(); // or on the next welcome; the snapshot that follows carries "me"
   }
 
   async function mint(delta) {
@@ -591,7 +581,7 @@
         showAck("error", "Not connected; try again in a moment.");
         return;
       }
-      showAck("pending", `+${fmt(delta)}: submitting…`);
+      showAck("pending", `+${fmt(delta)}: submitting…`, { id });
     } catch (error) {
       showAck("error", `Could not score: ${error.message}`);
     } finally {

@@ -60,7 +60,8 @@ if applied > 0 then
         entries[#entries + 1] = '{"rank":' .. ((j + 1) / 2) .. ',"user_id":"' .. user
             .. '","username":' .. cjson.encode(name) .. ',"score":' .. top[j + 1] .. '}'
     end
-    redis.call('PUBLISH', ARGV[3], '{"leaderboard":' .. cjson.encode(ARGV[4]) .. ',"seq":' .. seq
+    -- %d, not concatenation: Lua prints numbers with 14 digits, and seq has 16.
+    redis.call('PUBLISH', ARGV[3], '{"leaderboard":' .. cjson.encode(ARGV[4]) .. ',"seq":' .. string.format('%d', seq)
         .. ',"entries":[' .. table.concat(entries, ',') .. ']}')
 end
 result[1] = seq

@@ -128,7 +128,7 @@ def create_app(services: NodeServices) -> QuartTrio:
             response = await send_from_directory(STATIC_DIR, filename)
             response.headers["Cache-Control"] = "no-cache"
             return response
-        ws_url = page_ws_url(request.host, services.settings.bind_host, services.settings.ws_port)
+        ws_url = page_ws_url(request.host, services.settings.bind_host, services.ws_port)
         page = await trio.Path(STATIC_DIR / "index.html").read_text("utf-8")
         page = page.replace(_WS_URL_PLACEHOLDER, html.escape(ws_url, quote=True))
         response = Response(page, content_type="text/html; charset=utf-8")

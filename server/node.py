@@ -90,6 +90,8 @@ class NodeServices:
     action_key: str
     action_rules: dict[str, ActionTypeRule]
     draining: trio.Event = field(default_factory=trio.Event)
+    #: The port the WebSocket listener bound (PODIUM_WS_PORT may be 0); set once it has.
+    ws_port: int = 0
 
     async def readiness(self) -> dict[str, str]:
         """Each readiness check's result: "ok" or why not."""
@@ -270,6 +272,7 @@ class Node:
                     http_port=self._supervisor.started_value("http"),
                     ws_port=self._supervisor.started_value("ws"),
                 )
+                services.ws_port = address.ws_port
                 log.info(
                     "node ready",
                     extra={"node_id": self.node_id, "http": address.http_url, "ws": address.ws_url},

@@ -105,7 +105,7 @@
     return rank >= 1 && rank <= 3 ? ` top top-${rank}` : "";
   }
 
-  function makeRow(entry) {
+  function makeRow() {
     const tr = document.createElement("tr");
     tr.dataset.testid = "row";
     const rank = document.createElement("td");
@@ -159,7 +159,7 @@
     }
     const existing = new Map([...ui.rows.children].map((tr) => [tr.dataset.userId, tr]));
     const rows = state.entries.slice(0, TOP).map((entry) => {
-      const tr = existing.get(entry.user_id) || makeRow(entry);
+      const tr = existing.get(entry.user_id) || makeRow();
       existing.delete(entry.user_id);
       fillRow(tr, entry);
       return tr;
@@ -177,12 +177,12 @@
       }
       const dy = was.top - tr.getBoundingClientRect().top;
       if (dy) {
+        // Start where it was, without a transition; then let it glide home.
         tr.style.transition = "none";
         tr.style.transform = `translateY(${dy}px)`;
-        requestAnimationFrame(() => {
-          tr.style.transition = "";
-          tr.style.transform = "";
-        });
+        void tr.offsetWidth;
+        tr.style.transition = "";
+        tr.style.transform = "";
       }
       const rank = Number(tr.dataset.rank);
       if (rank < was.rank) flash(tr, "moved-up");
@@ -224,7 +224,7 @@
       rank: me.rank,
       score: me.score,
     };
-    const tr = makeRow(entry);
+    const tr = makeRow();
     fillRow(tr, entry);
     tr.dataset.testid = "me-row";
     ui.meOutside.replaceChildren(gap, tr);

@@ -69,6 +69,7 @@ MAX_IN_FLIGHT = 16
 #: Rate-limited messages in a row after which the client is closed as flooding.
 FLOOD_LIMIT = 50
 _CLOSE_TIMEOUT_S = 5.0
+_DEAD_PEER_CLOSE_S = 0.5
 
 
 class MessageSocket(Protocol):
@@ -167,12 +168,15 @@ class ConnectionActor:
         # Let what is already queued (say, the error explaining the close) go
         # out first — unless the peer is the problem.
         self._outbox.close()
-        if code is not CloseCode.TOO_SLOW:
+        peer_stuck = code in (CloseCode.TOO_SLOW, CloseCode.GOING_AWAY)
+        if not peer_stuck:
             with trio.move_on_after(1.0):
                 await self._writer_done.wait()
         # A slow peer gets the close frame only after it has read what its
-        # buffers hold; give it a while, then cut the connection (1006).
-        with trio.move_on_after(_CLOSE_TIMEOUT_S):
+        # buffers hold: give it a while, then cut the connection (1006). A
+        # dead one will never answer: cut it almost at once.
+        timeout = _DEAD_PEER_CLOSE_S if code is CloseCode.GOING_AWAY else _CLOSE_TIMEOUT_S
+        with trio.move_on_after(timeout):
             await self._socket.aclose(int(code), reason)
         assert self._nursery is not None
         self._nursery.cancel_scope.cancel()

@@ -376,3 +376,51 @@ async def test_redis_restart_sends_fresh_snapshots_then_updates(
             update = await receive(ws, "update", timeout_s=10)
             assert update["entries"][0]["score"] == 15
         await redis.stop()
+
+
+async def test_a_failing_connection_actor_closes_only_its_socket_with_1011(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from server.score_path import ScorePath
+
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a bug in the score path")
+
+    async with node_api(settings) as (api, _, address):
+        ann = await api.player()
+        token = await api.mint(ann, 1)
+        async with socket(address.ws_url) as victim, socket(address.ws_url) as bystander:
+            await signed_in(victim, ann)
+            monkeypatch.setattr(ScorePath, "submit", broken)
+            await send(victim, type="submit", id="x", action_token=token)
+            with pytest.raises(ConnectionClosed) as closed:
+                await receive(victim)
+            assert closed.value.reason is not None
+            assert closed.value.reason.code == CloseCode.INTERNAL_ERROR
+            await send(bystander, type="ping", id="still-here")
+            assert (await receive(bystander, "pong"))["id"] == "still-here"
+        metrics = (await api.http.get("/metrics")).text
+        assert "podium_ws_connection_failures_total 1.0" in metrics
+
+
+async def test_a_peer_that_stops_answering_pings_is_dropped(settings: Settings) -> None:
+    quick = settings.replace(ws_heartbeat_s=1.0)
+    async with node_api(quick) as (_, _, address):
+        # A raw client that completes the handshake and then never reads again,
+        # so it never answers a ping.
+        stream = await trio.open_tcp_stream("127.0.0.1", address.ws_port)
+        await stream.send_all(
+            b"GET /v1/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        handshake = await stream.receive_some(4096)
+        assert handshake.startswith(b"HTTP/1.1 101")
+        began = trio.current_time()
+        with trio.fail_after(10):
+            # Drain what the server sends (welcome, pings) without answering,
+            # until it hangs up.
+            while await stream.receive_some(4096):
+                pass
+        elapsed = trio.current_time() - began
+        assert 2.0 <= elapsed < 8.0, elapsed
+        await stream.aclose()

@@ -42,6 +42,7 @@ from protocol.messages import (
     Authed,
     CloseCode,
     Error,
+    MessageId,
     Ping,
     Pong,
     ProtocolError,
@@ -108,6 +109,15 @@ def _ends_on_close(actor: ConnectionActor) -> Iterator[None]:
         actor.closing = CloseCode.NORMAL
         if actor._nursery is not None:
             actor._nursery.cancel_scope.cancel()
+
+
+def _peek_id(frame: str | bytes) -> MessageId:
+    """The ``id`` of a frame we will not process, so the client knows which one."""
+    try:
+        message = decode_client(frame, max_bytes=4096)
+    except ProtocolError as exc:
+        return exc.id
+    return message.id if isinstance(message, Submit | Ping) else None
 
 
 class ConnectionActor:
@@ -250,6 +260,7 @@ class ConnectionActor:
                     Error(
                         code="rate_limited",
                         message=f"at most {settings.ws_rate_per_s:g} messages per second",
+                        id=_peek_id(frame),
                     )
                 )
                 continue

@@ -262,8 +262,11 @@ class FanoutActor:
             watcher.too_slow()
 
     async def _tick(self) -> None:
+        # A deadline loop, so a busy tick does not stretch the period.
+        deadline = trio.current_time()
         while True:
-            await trio.sleep(self._tick_s)
+            deadline = max(deadline + self._tick_s, trio.current_time())
+            await trio.sleep_until(deadline)
             changed, self._changed = self._changed, set()
             for board_id in changed:
                 if board_id in self._latest:

@@ -114,6 +114,14 @@ class LedgerActor:
             for pending in batch:
                 answer(pending.reply, outcome.Error(exc))
             return
+        except Exception as exc:
+            # A bug, not an outage. The transaction rolled back whole, so tell
+            # each submitter that nothing was committed and keep serving.
+            log.error("ledger batch failed", extra={"size": len(batch)}, exc_info=exc)
+            failed = Unavailable("the score could not be committed", code="commit_failed")
+            for pending in batch:
+                answer(pending.reply, outcome.Error(failed))
+            return
         self._batches += 1
         for pending, result in zip(batch, results, strict=True):
             if result.status == "ok" and result.state is not None:

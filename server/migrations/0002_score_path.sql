@@ -47,6 +47,7 @@ DECLARE
     v_user     users%ROWTYPE;
     v_record   leaderboard_records%ROWTYPE;
     v_found    boolean;
+    v_created  boolean;
     v_new      numeric;
     v_old      bigint;
     v_now      timestamptz;
@@ -78,17 +79,43 @@ BEGIN
         sort_order := v_board.sort_order;
         username := v_user.username;
 
-        -- Lock the record (creating it if new) before claiming the nonce.
+        -- Lock the record before claiming the nonce. A first score creates a
+        -- placeholder row (version 0) so that two batches scoring the same new
+        -- player at once queue on its lock instead of colliding on insert.
+        v_created := false;
         SELECT * INTO v_record FROM leaderboard_records r
          WHERE r.leaderboard_id = v_board.id AND r.period = v_board.current_period
            AND r.user_id = v_user.id
            FOR UPDATE;
         v_found := FOUND;
+        IF NOT v_found THEN
+            INSERT INTO leaderboard_records AS r
+                (leaderboard_id, period, user_id, score, reached_at, updated_at, version)
+            VALUES (v_board.id, v_board.current_period, v_user.id, 0, clock_timestamp(),
+                    clock_timestamp(), 0)
+            ON CONFLICT ON CONSTRAINT leaderboard_records_pkey DO NOTHING
+            RETURNING * INTO v_record;
+            IF FOUND THEN
+                v_created := true;
+            ELSE
+                -- Another transaction created it first (and has committed by now).
+                SELECT * INTO v_record FROM leaderboard_records r
+                 WHERE r.leaderboard_id = v_board.id AND r.period = v_board.current_period
+                   AND r.user_id = v_user.id
+                   FOR UPDATE;
+                v_found := true;
+            END IF;
+        END IF;
 
         INSERT INTO used_nonces (nonce, user_id, leaderboard_id)
         VALUES (p_nonces[i], v_user.id, v_board.id)
         ON CONFLICT (nonce) DO NOTHING;
         IF NOT FOUND THEN
+            IF v_created THEN
+                DELETE FROM leaderboard_records r
+                 WHERE r.leaderboard_id = v_board.id AND r.period = v_board.current_period
+                   AND r.user_id = v_user.id;
+            END IF;
             status := 'nonce_used'; RETURN NEXT; CONTINUE;
         END IF;
 
@@ -105,19 +132,18 @@ BEGIN
         END;
         -- Redis ranks by a double: beyond 2^53 scores would lose precision.
         IF v_new < -9007199254740991 OR v_new > 9007199254740991 THEN
-            -- Give the nonce back: nothing happened.
+            -- Give the nonce (and any placeholder) back: nothing happened.
             DELETE FROM used_nonces WHERE nonce = p_nonces[i];
+            IF v_created THEN
+                DELETE FROM leaderboard_records r
+                 WHERE r.leaderboard_id = v_board.id AND r.period = v_board.current_period
+                   AND r.user_id = v_user.id;
+            END IF;
             status := 'score_out_of_range'; RETURN NEXT; CONTINUE;
         END IF;
 
         v_now := clock_timestamp();
-        IF NOT v_found THEN
-            INSERT INTO leaderboard_records AS r
-                (leaderboard_id, period, user_id, score, reached_at, updated_at, version)
-            VALUES (v_board.id, v_board.current_period, v_user.id, v_new, v_now, v_now, 1)
-            RETURNING * INTO v_record;
-            changed := true;
-        ELSIF v_new <> v_old THEN
+        IF v_created OR v_new <> v_old THEN
             UPDATE leaderboard_records r
                SET score = v_new, reached_at = v_now, updated_at = v_now,
                    version = r.version + 1

@@ -13,6 +13,7 @@ import trio_asyncio
 from config import Settings
 from protocol import action_token
 from server.stores.pg_store import open_postgres
+from tests.api import Player
 from tests.harness import node_api
 
 
@@ -415,3 +416,29 @@ async def test_concurrent_identical_reads_all_get_the_answer(settings: Settings)
                 nursery.start_soon(read)
         assert {status for status, _ in replies} == {200}
         assert all(body == replies[0][1] for _, body in replies)
+
+
+async def test_concurrent_first_scores_of_a_new_player_all_count(
+    settings: Settings, database: str
+) -> None:
+    async with node_api(settings) as (api, _, _):
+        for round_ in range(5):
+            newcomer = await api.player(f"newcomer{round_}")
+            tokens = [await api.mint(newcomer, d) for d in (1, 2, 3, 4, 5, 6)]
+            statuses: list[int] = []
+
+            async def fire(
+                token: str, player: Player = newcomer, seen: list[int] = statuses
+            ) -> None:
+                seen.append((await api.submit(player, token)).status_code)
+
+            async with trio.open_nursery() as nursery:
+                for token in tokens:
+                    nursery.start_soon(fire, token)
+            assert statuses == [200] * 6
+            rows = await pg_rows(
+                database,
+                "SELECT score, version FROM leaderboard_records WHERE user_id = $1",
+                newcomer.user_id,
+            )
+            assert rows == [{"score": 21, "version": 6}]

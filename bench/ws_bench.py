@@ -1,0 +1,1485 @@
+"""``scripts/bench fanout`` and ``scripts/bench ws-submit``: one node over WebSockets.
+
+The conventions are :mod:`bench.http_bench`'s, and so are most helpers (this
+module imports them): private Redis and *durable* PostgreSQL in a temporary
+directory, one node as a separate process (``python -m server.cli serve``),
+load from separate processes (this module again, as ``python -m
+bench.ws_bench _load SPEC.json``), CPU seconds from ``/proc`` at the edges of
+a measured window, ``--repeat K`` medians, ``--json FILE``. Everything
+listens on and talks to 127.0.0.1 only; every wait is bounded, and
+everything started is stopped at the end, on an error, or on Ctrl-C.
+
+Modes:
+
+* ``fanout`` — N clients (``--clients``, 1000) spread over P load processes
+  (``--procs``, 2), each subscribed to ``global``'s top 10, as spectators
+  (or signed in, ``--auth``). A driver in this process submits over HTTP at
+  R per second (``--rate``, 100), paced, with action tokens minted ahead.
+  It submits for T *climbers* (T = ``--top``) that set-up lifts above every
+  other player, so every submission shows in the top T. The **delivery
+  latency** of a submission to one client is the time that client received
+  the first ``update`` reflecting it — the first sequence number whose
+  entries give that climber at least the acknowledged score (updates are
+  coalesced, so one frame can reflect several submissions) — minus the time
+  the driver received its 200. Both are ``time.monotonic()``
+  (CLOCK_MONOTONIC, one clock for every process on Linux). Also reported:
+  update frames delivered per second over all clients, frames per CPU-second
+  of the node, and the node's RSS before and after the clients connected.
+* ``fanout --idle`` — N idle connections (5000; welcome only, no
+  subscription) held for ``--seconds``: the node's RSS per connection, its
+  CPU while idle (heartbeats), and whether it kept every connection.
+* ``ws-submit`` — S sockets (``--sockets``, 64), each signed in as its own
+  player, each submitting action tokens (minted ahead, locally, with the
+  node's action key) in a closed loop with :mod:`server.client`: accepted
+  per second, p50/p99 ack latency, CPU. The node's WebSocket rate limit is
+  raised out of the way (``--node-env`` can put it back).
+
+The machine's cores are shared by the node, Redis, PostgreSQL, the load
+processes and the driver; latencies include the load processes' own
+scheduling, which the output says.
+
+Exit codes: 0 done, 1 the benchmark failed (the message says why), 2 bad
+usage, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import contextlib
+import ctypes
+import dataclasses
+import itertools
+import json
+import math
+import os
+import random
+import resource
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import httpx
+import trio
+import trio_websocket
+
+from bench import http_bench
+from bench.http_bench import (
+    ACTION_KEY_ID,
+    ACTION_TYPE,
+    DELTA_MAX,
+    HOST,
+    LEADERBOARD,
+    REQUEST_TIMEOUT_S,
+    ROOT,
+    TOKEN_TTL_S,
+    BenchError,
+    NodeProcess,
+    NodeSecrets,
+    Player,
+    Terminated,
+    cpu_seconds,
+    machine_info,
+    mint,
+    running_node,
+    scan_node_log,
+    setup_players,
+    stop_process,
+    tree_cpu_seconds,
+)
+from bench.loadgen import Connection, ConnectionLost
+from protocol import action_token
+from server.client import ClientError, ConnectionClosed, PodiumClient, open_client
+from server.embedded import free_port, open_embedded_postgres, open_embedded_redis
+
+MODES: Final = ("fanout", "ws-submit")
+LOAD_READY_TIMEOUT_S: Final = 300.0
+CONNECT_TIMEOUT_S: Final = 60.0
+DRAIN_S: Final = 2.0
+SETTLE_S: Final = 1.0
+CLOSE_TIMEOUT_S: Final = 5.0
+NODE_IDLE_TIMEOUT_S: Final = 30.0
+DRIVER_CONNECTIONS: Final = 16
+DRIVER_DELTA_MAX: Final = 100
+LIFTS: Final = 3  # x DELTA_MAX puts a climber above any seeded player
+MAX_TOKEN_POOL: Final = 200_000
+MAX_FRAME_BYTES: Final = 1 << 20
+MAX_ERROR_SAMPLES: Final = 8
+WIDE_OPEN: Final = "100000"  # PODIUM_WS_RATE_* for ws-submit: measure the node, not the limiter
+
+
+# ---------------------------------------------------------------- options
+
+
+def _bounded(kind: Callable[[str], Any], low: float, high: float) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a valid {kind.__name__}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be from {low:g} to {high:g}")
+        return value
+
+    return parse
+
+
+def _node_env(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.startswith("PODIUM_"):
+        raise argparse.ArgumentTypeError("expected PODIUM_NAME=VALUE")
+    return name, value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="scripts/bench",
+        description="Measure one Podium node over WebSockets, with private Redis and (durable) "
+        "PostgreSQL, load from separate processes.",
+    )
+    modes = parser.add_subparsers(dest="mode", required=True, metavar="{fanout,ws-submit}")
+
+    def common(sub: argparse.ArgumentParser, *, procs: int, warmup: float) -> None:
+        add = sub.add_argument
+        add(
+            "--seconds",
+            type=_bounded(float, 0.1, 600),
+            default=None,
+            help="window (10; with --idle 20, so that the node's heartbeats fall in it)",
+        )
+        add("--warmup", type=_bounded(float, 0, 60), default=warmup, help=f"warm-up ({warmup:g})")
+        add("--procs", type=_bounded(int, 1, 64), default=procs, help=f"load processes ({procs})")
+        add("--repeat", type=_bounded(int, 1, 100), default=1, help="runs (1); medians")
+        add("--setup-concurrency", type=_bounded(int, 1, 256), default=16, help="(16)")
+        add(
+            "--node-env",
+            type=_node_env,
+            action="append",
+            default=[],
+            metavar="PODIUM_X=V",
+            help="an extra setting for the node (repeatable)",
+        )
+        add("--json", type=Path, metavar="FILE", help="write every figure to FILE as JSON")
+        add("--keep", action="store_true", help="keep the temporary directory (logs, data)")
+
+    fanout = modes.add_parser(
+        "fanout",
+        help="N subscribed clients, a paced submitter: delivery latency, frames/s, RSS",
+        description="N WebSocket clients watch global's top T while a driver submits at R/s "
+        "over HTTP; delivery latency from ack to each client's first update reflecting it. "
+        "With --idle: N idle connections and the node's RSS per connection.",
+    )
+    add = fanout.add_argument
+    add("--clients", type=_bounded(int, 1, 100_000), default=None, help="(1000; 5000 with --idle)")
+    add("--rate", type=_bounded(float, 0.1, 10_000), default=100.0, help="submissions/s (100)")
+    add(
+        "--top",
+        type=_bounded(int, 1, 100),
+        default=10,
+        help="top N watched, and climbers (10); over 10 needs "
+        "--node-env PODIUM_RANKING_PUBLISH_TOP_N=N",
+    )
+    add("--auth", action="store_true", help="clients sign in as players (else spectators)")
+    add("--idle", action="store_true", help="idle connections only: RSS per connection")
+    add("--connect-concurrency", type=_bounded(int, 1, 1000), default=100, help="(100)")
+    common(fanout, procs=2, warmup=2.0)
+
+    submit = modes.add_parser(
+        "ws-submit",
+        help="S signed-in sockets submitting in a closed loop: accepted/s, ack latency, CPU",
+    )
+    add = submit.add_argument
+    add("--sockets", type=_bounded(int, 1, 4096), default=64, help="sockets (64)")
+    add(
+        "--token-rate",
+        type=_bounded(int, 1, 1_000_000),
+        default=3000,
+        help="submissions/s per load process to pre-mint tokens for (3000)",
+    )
+    common(submit, procs=1, warmup=1.0)
+    return parser
+
+
+@dataclass(frozen=True)
+class Options:
+    mode: str
+    seconds: float
+    warmup: float
+    procs: int
+    repeat: int
+    setup_concurrency: int
+    node_env: list[tuple[str, str]]
+    json: Path | None
+    keep: bool
+    clients: int = 0
+    rate: float = 100.0
+    top: int = 10
+    auth: bool = False
+    idle: bool = False
+    connect_concurrency: int = 100
+    sockets: int = 64
+    token_rate: int = 3000
+
+    @property
+    def kind(self) -> str:
+        return "idle" if self.mode == "fanout" and self.idle else self.mode
+
+    @property
+    def connections(self) -> int:
+        return self.sockets if self.mode == "ws-submit" else self.clients
+
+    def as_json(self) -> dict[str, Any]:
+        body = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("json", "keep")}
+        body["node_env"] = dict(self.node_env)
+        body["leaderboard"] = LEADERBOARD
+        body["postgres"] = "embedded, durable (fsync=on, synchronous_commit=on)"
+        body["redis"] = "embedded, appendonly everysec"
+        return body
+
+
+def parse_options(argv: Sequence[str]) -> Options:
+    ns = vars(build_parser().parse_args(list(argv)))
+    idle = ns["mode"] == "fanout" and ns["idle"]
+    if ns.get("clients") is None and ns["mode"] == "fanout":
+        ns["clients"] = 5000 if idle else 1000
+    if ns["seconds"] is None:
+        ns["seconds"] = 20.0 if idle else 10.0
+    return Options(**ns)
+
+
+# ---------------------------------------------------------------- small helpers
+# Copied from bench.http_bench / bench.loadgen, where they are private.
+
+
+def _percentile(ordered: Sequence[float], q: float) -> float | None:
+    if not ordered:
+        return None
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+def _median(values: list[Any]) -> float | None:
+    present = [v for v in values if v is not None]
+    return round(statistics.median(present), 2) if present else None
+
+
+def _round(value: float | None, digits: int = 2) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def _split(total: int, parts: int) -> list[int]:
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _leaves(exc: BaseException) -> Iterator[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield exc
+
+
+async def _sleep_until(when: float) -> None:
+    await trio.sleep(max(0.0, when - time.monotonic()))
+
+
+def _post(path: str, host: str, bearer: str, body: bytes) -> bytes:
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: podium-bench\r\n"
+        f"Authorization: Bearer {bearer}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode("ascii") + body
+
+
+def raise_nofile_limit() -> tuple[int, int]:
+    """Raise this process's open-file limit to its hard limit; children inherit it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
+def rss_kib(pid: int) -> int | None:
+    """VmRSS of ``pid`` in KiB, from /proc/PID/status; None if it is gone."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return None
+
+
+def _sample(counter: Counter[str], text: str) -> None:
+    text = " ".join(text.split())[:300]
+    if text in counter or len(counter) < MAX_ERROR_SAMPLES:
+        counter[text] += 1
+
+
+# ================================================================ load processes
+#
+# ``python -m bench.ws_bench _load SPEC.json``. Over the pipes, as bench.loadgen:
+# the process connects everything, prints ``ready {json}``; the parent writes
+# ``go START END`` (time.monotonic() readings); the process measures, then
+# prints one JSON line of results and exits.
+
+
+class _Ready:
+    """Counts connections that are up or gave up; set when all have."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.done = 0
+        self.event = trio.Event()
+        if total == 0:
+            self.event.set()
+
+    def tick(self) -> None:
+        self.done += 1
+        if self.done >= self.total:
+            self.event.set()
+
+
+@dataclass
+class _Watch:
+    """One fan-out client's record: when each frame arrived, and which one it was."""
+
+    times: list[float] = dataclasses.field(default_factory=list)
+    frames: list[int] = dataclasses.field(default_factory=list)
+    connected: bool = False
+    close_code: int | None = None
+
+
+class WatchLoad:
+    """C connections that (optionally) sign in and subscribe, then record every frame.
+
+    Deliberately lean per frame (raw trio-websocket, no JSON until the end):
+    the load shares the machine with the node. Identical frames — every
+    client gets the same encoded update — are stored once.
+    """
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.spec = spec
+        self.watches = [_Watch() for _ in range(int(spec["clients"]))]
+        self.sockets: list[trio_websocket.WebSocketConnection] = []
+        self.unique: dict[str | bytes, int] = {}
+        self.recording = False
+        self.failures: Counter[str] = Counter()
+        self.ready = _Ready(len(self.watches))
+
+    async def _open(
+        self, nursery: trio.Nursery, index: int, limiter: trio.Semaphore
+    ) -> trio_websocket.WebSocketConnection:
+        spec = self.spec
+        async with limiter:
+            ws = await trio_websocket.connect_websocket_url(
+                nursery, spec["url"], max_message_size=MAX_FRAME_BYTES
+            )
+            self.sockets.append(ws)
+            welcome = json.loads(await ws.get_message())
+            if welcome.get("type") != "welcome":
+                raise BenchError(f"first frame was {welcome.get('type')!r}, not welcome")
+            tokens = spec.get("tokens") or []
+            if tokens:
+                await ws.send_message(json.dumps({"type": "auth", "token": tokens[index]}))
+                await self._expect(ws, "authed")
+            if spec["subscribe"]:
+                await ws.send_message(
+                    json.dumps(
+                        {"type": "subscribe", "leaderboard": spec["board"], "top": spec["top"]}
+                    )
+                )
+                await self._expect(ws, "snapshot")
+        return ws
+
+    @staticmethod
+    async def _expect(ws: trio_websocket.WebSocketConnection, kind: str) -> None:
+        for _ in range(100):
+            frame = json.loads(await ws.get_message())
+            if frame.get("type") == kind:
+                return
+            if frame.get("type") == "error":
+                raise BenchError(f"{frame.get('code')}: {frame.get('message')}")
+        raise BenchError(f"no {kind} in 100 frames")
+
+    async def client(self, nursery: trio.Nursery, index: int, limiter: trio.Semaphore) -> None:
+        watch = self.watches[index]
+        try:
+            with trio.fail_after(CONNECT_TIMEOUT_S):
+                ws = await self._open(nursery, index, limiter)
+        except (
+            trio_websocket.HandshakeError,
+            trio_websocket.ConnectionClosed,
+            trio.TooSlowError,
+            OSError,
+            ValueError,
+            BenchError,
+        ) as exc:
+            reason = getattr(exc, "reason", None)
+            detail = f" {reason.code}" if reason is not None else ""
+            _sample(self.failures, f"{type(exc).__name__}{detail}: {exc}")
+            self.ready.tick()
+            return
+        watch.connected = True
+        self.ready.tick()
+        times, frames, unique = watch.times, watch.frames, self.unique
+        monotonic = time.monotonic
+        try:
+            while True:
+                frame = await ws.get_message()
+                now = monotonic()
+                if self.recording:
+                    number = unique.get(frame)
+                    if number is None:
+                        number = unique[frame] = len(unique)
+                    times.append(now)
+                    frames.append(number)
+        except trio_websocket.ConnectionClosed as exc:
+            watch.close_code = exc.reason.code if exc.reason is not None else 1006
+
+    def result(self, start: float, end: float) -> dict[str, Any]:
+        decoded: list[dict[str, Any]] = []
+        for raw in self.unique:
+            try:
+                decoded.append(json.loads(raw))
+            except ValueError:
+                decoded.append({"type": "unreadable"})
+        seqs: dict[int, list[list[Any]]] = {}
+        for update in decoded:
+            if update.get("type") == "update":
+                seqs.setdefault(
+                    int(update["seq"]), [[e["user_id"], e["score"]] for e in update["entries"]]
+                )
+        kinds: Counter[str] = Counter()
+        clients: list[list[list[float]]] = []
+        for watch in self.watches:
+            mine: list[list[float]] = []
+            for when, number in zip(watch.times, watch.frames, strict=True):
+                got = decoded[number]
+                kind = str(got.get("type"))
+                if start <= when < end:
+                    kinds[kind] += 1
+                if kind == "update":
+                    mine.append([int(got["seq"]), round(when, 6)])
+            if watch.connected:
+                clients.append(mine)
+        closes = Counter(str(w.close_code) for w in self.watches if w.close_code is not None)
+        return {
+            "pid": os.getpid(),
+            "clients": len(self.watches),
+            "connected": sum(w.connected for w in self.watches),
+            "failed": sum(not w.connected for w in self.watches),
+            "failure_samples": dict(self.failures),
+            "closed_early": dict(closes),
+            "frames_in_window": dict(kinds),
+            "seqs": {str(k): v for k, v in seqs.items()},
+            "updates": clients,
+        }
+
+    async def close_all(self) -> None:
+        with trio.move_on_after(CLOSE_TIMEOUT_S):
+            async with trio.open_nursery() as nursery:
+                for ws in self.sockets:
+                    nursery.start_soon(ws.aclose)
+
+
+class SubmitLoad:
+    """S signed-in sockets, each submitting its own player's tokens in a closed loop."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.spec = spec
+        users = [(str(u), str(t)) for u, t in spec["users"]]
+        self.users = users
+        self.random = random.Random(int(spec["seed"]))
+        per_socket = -(-int(spec["token_budget"]) // max(1, len(users)))
+        self.pools = [[self._mint(u) for _ in range(per_socket)] for u, _ in users]
+        self.inline = 0
+        self.codes: Counter[str] = Counter()
+        self.latencies_ms: list[float] = []
+        self.warmup = self.late = 0
+        self.closes: Counter[str] = Counter()
+        self.failures: Counter[str] = Counter()
+        self.connected = 0
+        self.ready = _Ready(len(users))
+        self.go = trio.Event()
+        self.start = self.end = 0.0
+
+    def _mint(self, user_id: str) -> str:
+        token, _ = action_token.mint(
+            user_id=user_id,
+            leaderboard=LEADERBOARD,
+            action_type=ACTION_TYPE,
+            delta=self.random.randint(1, DELTA_MAX),
+            kid=str(self.spec["action_key_id"]),
+            key=str(self.spec["action_key"]),
+            now=time.time(),
+            ttl_s=int(self.spec["token_ttl_s"]),
+        )
+        return token
+
+    async def socket(self, index: int) -> None:
+        user_id, jwt = self.users[index]
+        pool = self.pools[index]
+        pool.reverse()
+        up = False
+        try:
+            async with open_client(
+                self.spec["url"], token=jwt, connect_timeout_s=CONNECT_TIMEOUT_S
+            ) as client:
+                up = True
+                self.connected += 1
+                self.ready.tick()
+                await self.go.wait()
+                await self._loop(client, user_id, pool)
+        except (ClientError, ConnectionClosed, trio_websocket.HandshakeError, OSError) as exc:
+            if up:
+                _sample(self.failures, f"after connecting: {type(exc).__name__}: {exc}")
+            else:
+                _sample(self.failures, f"{type(exc).__name__}: {exc}")
+                self.ready.tick()
+
+    async def _loop(self, client: PodiumClient, user_id: str, pool: list[str]) -> None:
+        monotonic, perf_counter = time.monotonic, time.perf_counter
+        start, end = self.start, self.end
+        while monotonic() < end:
+            if pool:
+                token = pool.pop()
+            else:
+                self.inline += 1
+                token = self._mint(user_id)
+            began = perf_counter()
+            try:
+                with trio.fail_after(REQUEST_TIMEOUT_S):
+                    await client.submit(token)
+                code = "ok"
+            except ClientError as exc:
+                code = exc.code
+            except trio.TooSlowError:
+                code = "timeout"
+            except ConnectionClosed as exc:
+                self.closes[str(exc.code)] += 1
+                return
+            elapsed = perf_counter() - began
+            done = monotonic()
+            if done < start:
+                self.warmup += 1
+            elif done < end:
+                self.codes[code] += 1
+                if code == "ok":
+                    self.latencies_ms.append(elapsed * 1000.0)
+            else:
+                self.late += 1
+
+    def result(self) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "sockets": len(self.users),
+            "connected": self.connected,
+            "failure_samples": dict(self.failures),
+            "codes": dict(self.codes),
+            "latencies_ms": [round(x, 3) for x in self.latencies_ms],
+            "warmup_requests": self.warmup,
+            "late_requests": self.late,
+            "inline_mints": self.inline,
+            "closed_early": dict(self.closes),
+        }
+
+
+async def _read_go() -> tuple[float, float]:
+    with trio.fail_after(LOAD_READY_TIMEOUT_S):
+        line: str = await trio.to_thread.run_sync(sys.stdin.readline, abandon_on_cancel=True)
+    words = line.split()
+    if len(words) != 3 or words[0] != "go":
+        raise SystemExit(f"ws_bench load: expected 'go START END', got {line!r}")
+    return float(words[1]), float(words[2])
+
+
+def _say(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+async def load_async(spec: dict[str, Any]) -> dict[str, Any]:
+    if spec["kind"] == "submit":
+        sub = SubmitLoad(spec)
+        async with trio.open_nursery() as nursery:
+            for i in range(len(sub.users)):
+                nursery.start_soon(sub.socket, i)
+            with trio.fail_after(LOAD_READY_TIMEOUT_S):
+                await sub.ready.event.wait()
+            _say("ready " + json.dumps({"connected": sub.connected}))
+            sub.start, sub.end = await _read_go()
+            sub.go.set()
+            # Each loop stops sending at END; this bounds the last replies.
+            nursery.cancel_scope.deadline = trio.current_time() + (
+                sub.end - time.monotonic() + REQUEST_TIMEOUT_S + CLOSE_TIMEOUT_S
+            )
+        return sub.result()
+
+    load = WatchLoad(spec)
+    async with trio.open_nursery() as nursery:
+        limiter = trio.Semaphore(int(spec["connect_concurrency"]))
+        for i in range(len(load.watches)):
+            nursery.start_soon(load.client, nursery, i, limiter)
+        with trio.fail_after(LOAD_READY_TIMEOUT_S):
+            await load.ready.event.wait()
+        connected = sum(w.connected for w in load.watches)
+        _say("ready " + json.dumps({"connected": connected}))
+        start, end = await _read_go()
+        load.recording = True
+        await _sleep_until(end + float(spec["drain_s"]))
+        load.recording = False
+        result = load.result(start, end)
+        await load.close_all()
+        nursery.cancel_scope.cancel()
+    return result
+
+
+def _die_with_parent() -> None:
+    if sys.platform != "linux":
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+    if os.getppid() == 1:
+        os._exit(1)
+
+
+def load_main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python -m bench.ws_bench _load SPEC.json", file=sys.stderr)
+        return 2
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
+    raise_nofile_limit()
+    spec = json.loads(Path(argv[0]).read_text())
+    result = trio.run(load_async, spec)
+    _say(json.dumps(result, separators=(",", ":")))
+    return 0
+
+
+# ================================================================ the parent
+
+
+class LoadProcess:
+    """One ``python -m bench.ws_bench _load`` child; as http_bench.LoadProcess."""
+
+    def __init__(self, root: Path, spec: dict[str, Any], name: str, env: dict[str, str]) -> None:
+        spec_path = root / "load" / f"{name}.json"
+        spec_path.parent.mkdir(exist_ok=True)
+        spec_path.write_text(json.dumps(spec))
+        self.log_path = spec_path.with_suffix(".log")
+        with open(self.log_path, "ab") as log:
+            self.popen: subprocess.Popen[str] = subprocess.Popen(
+                [sys.executable, "-m", "bench.ws_bench", "_load", str(spec_path)],
+                cwd=ROOT,
+                env=env,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+                start_new_session=True,
+            )
+
+    async def readline(self, what: str, timeout_s: float) -> str:
+        stdout = self.popen.stdout
+        assert stdout is not None
+        with trio.move_on_after(timeout_s):
+            line: str = await trio.to_thread.run_sync(stdout.readline, abandon_on_cancel=True)
+            if line:
+                return line
+        raise BenchError(
+            f"a load process gave no {what} (exit code {self.popen.poll()}); "
+            f"log {self.log_path}:\n{_tail(self.log_path)}"
+        )
+
+    async def ready(self) -> dict[str, Any]:
+        line = await self.readline("ready", LOAD_READY_TIMEOUT_S)
+        word, _, rest = line.partition(" ")
+        if word != "ready":
+            raise BenchError(f"a load process did not start: {line[:200]!r}; log {self.log_path}")
+        ready: dict[str, Any] = json.loads(rest)
+        return ready
+
+    def send(self, line: str) -> None:
+        stdin = self.popen.stdin
+        assert stdin is not None
+        try:
+            stdin.write(line)
+            stdin.flush()
+        except OSError as exc:
+            raise BenchError(f"a load process went away: {exc}") from exc
+
+    async def close(self) -> None:
+        with contextlib.suppress(OSError):
+            if self.popen.stdin is not None:
+                self.popen.stdin.close()
+        await stop_process(self.popen, signal.SIGKILL, 5)
+        if self.popen.stdout is not None:
+            self.popen.stdout.close()
+
+
+@dataclass
+class Ctx:
+    opts: Options
+    root: Path
+    node: NodeProcess
+    redis_pid: int
+    postgres_pid: int
+    http_port: int
+    ws_url: str
+    secrets: NodeSecrets
+    child_env: dict[str, str]
+    climbers: list[Player] = dataclasses.field(default_factory=list)
+    players: list[Player] = dataclasses.field(default_factory=list)
+
+
+def _sample_cpu(ctx: Ctx, loads: list[LoadProcess]) -> dict[str, float]:
+    return {
+        "node": tree_cpu_seconds(ctx.node.pid),
+        "redis": tree_cpu_seconds(ctx.redis_pid),
+        "postgres": tree_cpu_seconds(ctx.postgres_pid),
+        "load": sum(cpu_seconds(load.popen.pid) for load in loads),
+        "driver": cpu_seconds(os.getpid()),
+    }
+
+
+async def node_ws_connections(ctx: Ctx, http: httpx.AsyncClient) -> float | None:
+    with contextlib.suppress(httpx.HTTPError):
+        text = (await http.get("/metrics")).text
+        for line in text.splitlines():
+            if line.startswith("podium_ws_connections "):
+                return float(line.split()[1])
+    return None
+
+
+async def wait_node_idle(ctx: Ctx) -> None:
+    """Until the node holds no WebSocket (the last run's closes are processed); bounded."""
+    async with httpx.AsyncClient(base_url=ctx.node.url, timeout=5) as http:
+        with trio.move_on_after(NODE_IDLE_TIMEOUT_S):
+            for _ in range(int(NODE_IDLE_TIMEOUT_S / 0.2)):
+                if (await node_ws_connections(ctx, http)) in (0.0, None):
+                    return
+                await trio.sleep(0.2)
+
+
+@contextlib.asynccontextmanager
+async def started_loads(
+    ctx: Ctx, specs: list[dict[str, Any]], name: str
+) -> AsyncIterator[list[LoadProcess]]:
+    loads: list[LoadProcess] = []
+    try:
+        for p, spec in enumerate(specs):
+            loads.append(LoadProcess(ctx.root, spec, f"{name}-p{p}", ctx.child_env))
+        yield loads
+    finally:
+        for load in loads:
+            await load.close()
+
+
+# ---------------------------------------------------------------- set-up
+
+
+async def lift_climbers(ctx: Ctx) -> None:
+    """Give each climber LIFTS x DELTA_MAX, above any seeded player (not timed)."""
+    async with httpx.AsyncClient(base_url=ctx.node.url, timeout=REQUEST_TIMEOUT_S) as http:
+        for climber in ctx.climbers:
+            for _ in range(LIFTS):
+                reply = await http.post(
+                    "/v1/scores/update",
+                    json={"action_token": mint(ctx.secrets, climber.user_id, DELTA_MAX)},
+                    headers={"Authorization": f"Bearer {climber.access_token}"},
+                )
+                if reply.status_code != 200:
+                    raise BenchError(f"lifting a climber: {reply.status_code} {reply.text[:300]}")
+
+
+async def players(ctx: Ctx, count: int) -> list[Player]:
+    http_opts = dataclasses.replace(
+        http_bench.parse_options([]), users=count, setup_concurrency=ctx.opts.setup_concurrency
+    )
+    return await setup_players(ctx.node.url, http_opts, ctx.secrets, secrets.token_hex(4))
+
+
+# ---------------------------------------------------------------- the driver
+
+
+@dataclass
+class Submission:
+    user_id: str
+    scheduled: float
+    sent: float = 0.0
+    acked: float = 0.0
+    status: int = 0
+    new_score: int | None = None
+
+
+class Driver:
+    """Submits at ``rate`` per second over HTTP, paced (open loop), for the climbers."""
+
+    def __init__(self, ctx: Ctx, count: int) -> None:
+        self.ctx = ctx
+        self.rate = ctx.opts.rate
+        host = f"{HOST}:{ctx.http_port}"
+        rng = random.Random(7)
+        self.requests: list[tuple[str, bytes]] = []
+        for i in range(count):
+            climber = ctx.climbers[i % len(ctx.climbers)]
+            token = mint(ctx.secrets, climber.user_id, rng.randint(1, DRIVER_DELTA_MAX))
+            body = b'{"action_token":"' + token.encode("ascii") + b'"}'
+            self.requests.append(
+                (
+                    climber.user_id,
+                    _post("/v1/scores/update", host, climber.access_token, body),
+                )
+            )
+        self.submissions: list[Submission] = []
+        self.errors: Counter[str] = Counter()
+
+    async def run(self, begin: float, end: float) -> None:
+        pool_send, pool_receive = trio.open_memory_channel[Connection](DRIVER_CONNECTIONS)
+        for _ in range(DRIVER_CONNECTIONS):
+            connection = Connection(HOST, self.ctx.http_port)
+            await connection.open()
+            pool_send.send_nowait(connection)
+        deadline = end + DRAIN_S + REQUEST_TIMEOUT_S
+        with trio.move_on_after(max(0.0, deadline - time.monotonic())):
+            async with trio.open_nursery() as nursery:
+                for k, (user_id, request) in enumerate(self.requests):
+                    when = begin + k / self.rate
+                    if when >= end:
+                        break
+                    await _sleep_until(when)
+                    submission = Submission(user_id, when)
+                    self.submissions.append(submission)
+                    nursery.start_soon(self._one, submission, request, pool_send, pool_receive)
+        while True:
+            try:
+                pool_receive.receive_nowait().close()
+            except trio.WouldBlock:
+                break
+
+    async def _one(
+        self,
+        submission: Submission,
+        request: bytes,
+        pool_send: trio.MemorySendChannel[Connection],
+        pool_receive: trio.MemoryReceiveChannel[Connection],
+    ) -> None:
+        connection = await pool_receive.receive()
+        try:
+            submission.sent = time.monotonic()
+            status, close, body = await connection.request(request)
+            submission.acked = time.monotonic()
+            submission.status = status
+            if status == 200:
+                submission.new_score = int(json.loads(body)["new_score"])
+            else:
+                _sample(self.errors, f"{status}: {body[:200].decode('utf-8', 'replace')}")
+            if close:
+                await connection.open()
+        except (OSError, ConnectionLost, ValueError) as exc:
+            _sample(self.errors, f"connection error: {type(exc).__name__}: {exc}")
+            with contextlib.suppress(OSError):
+                await connection.open()
+        finally:
+            pool_send.send_nowait(connection)
+
+
+# ---------------------------------------------------------------- fanout
+
+
+def delivery_latencies(
+    submissions: list[Submission], results: list[dict[str, Any]], start: float, end: float
+) -> tuple[list[float], dict[str, int]]:
+    """Every (submission acked in [start, end), client) delivery latency in ms, and counts.
+
+    A submission is reflected by the first seq whose entries give its user at
+    least its new score; for each client, its delivery is the first frame that
+    client received with that seq or a later one.
+    """
+    seqs: dict[int, dict[str, int]] = {}
+    for result in results:
+        for seq, entries in result["seqs"].items():
+            seqs.setdefault(int(seq), {str(u): int(s) for u, s in entries})
+    ordered = sorted(seqs)
+    clients: list[tuple[list[int], list[float]]] = []
+    regressions = 0
+    for result in results:
+        for frames in result["updates"]:
+            got_seqs = [int(seq) for seq, _ in frames]
+            regressions += sum(1 for a, b in itertools.pairwise(got_seqs) if b <= a)
+            clients.append((got_seqs, [float(t) for _, t in frames]))
+
+    measured = [s for s in submissions if s.status == 200 and start <= s.acked < end]
+    first_seq: dict[tuple[str, int], int | None] = {}
+    latencies: list[float] = []
+    counts = Counter(
+        {"submissions": len(measured), "never_reflected": 0, "missed": 0, "negative": 0}
+    )
+    # Per client, the arrival of the first frame at or after a seq, cached per seq.
+    arrival: list[dict[int, float | None]] = [{} for _ in clients]
+    for s in measured:
+        assert s.new_score is not None
+        key = (s.user_id, s.new_score)
+        if key not in first_seq:
+            first_seq[key] = next(
+                (q for q in ordered if seqs[q].get(s.user_id, -(2**62)) >= s.new_score), None
+            )
+        target = first_seq[key]
+        if target is None:
+            counts["never_reflected"] += 1
+            continue
+        for (got_seqs, times), cache in zip(clients, arrival, strict=True):
+            if target not in cache:
+                i = bisect.bisect_left(got_seqs, target)
+                cache[target] = times[i] if i < len(times) else None
+            when = cache[target]
+            if when is None:
+                counts["missed"] += 1
+                continue
+            latency = (when - s.acked) * 1000.0
+            counts["negative"] += latency < 0
+            latencies.append(latency)
+    counts["seq_regressions"] = regressions
+    latencies.sort()
+    return latencies, dict(counts)
+
+
+async def run_fanout(ctx: Ctx, run: int) -> dict[str, Any]:
+    opts = ctx.opts
+    ctx.node.check_alive()
+    await wait_node_idle(ctx)
+    procs = min(opts.procs, opts.clients)
+    rss_before = rss_kib(ctx.node.pid)
+    tokens = [p.access_token for p in ctx.players]
+    specs = []
+    for p, count in enumerate(_split(opts.clients, procs)):
+        first = sum(_split(opts.clients, procs)[:p])
+        specs.append(
+            {
+                "kind": "idle" if opts.idle else "fanout",
+                "url": ctx.ws_url,
+                "clients": count,
+                "subscribe": not opts.idle,
+                "board": LEADERBOARD,
+                "top": opts.top,
+                "tokens": tokens[first : first + count] if opts.auth else [],
+                "connect_concurrency": max(1, opts.connect_concurrency // procs),
+                "drain_s": DRAIN_S,
+            }
+        )
+    driver = None
+    if not opts.idle:
+        count = math.ceil(opts.rate * (opts.warmup + opts.seconds)) + 1
+        driver = Driver(ctx, min(count, MAX_TOKEN_POOL))
+    began = time.monotonic()
+    async with started_loads(ctx, specs, f"{opts.kind}-r{run}") as loads:
+        readies = [await load.ready() for load in loads]
+        connect_s = time.monotonic() - began
+        connected = sum(int(r["connected"]) for r in readies)
+        ctx.node.check_alive()
+        await trio.sleep(SETTLE_S)
+        rss_connected = rss_kib(ctx.node.pid)
+        start = time.monotonic() + 0.05 + opts.warmup
+        end = start + opts.seconds
+        for load in loads:
+            load.send(f"go {start!r} {end!r}\n")
+        async with trio.open_nursery() as nursery:
+            if driver is not None:
+                nursery.start_soon(driver.run, start - opts.warmup, end)
+            await _sleep_until(start)
+            cpu_before, wall_before = _sample_cpu(ctx, loads), time.monotonic()
+            await _sleep_until(end)
+            cpu_after, wall_after = _sample_cpu(ctx, loads), time.monotonic()
+            rss_end = rss_kib(ctx.node.pid)
+        results = [
+            json.loads(await load.readline("result", DRAIN_S + CLOSE_TIMEOUT_S + 60))
+            for load in loads
+        ]
+        load_pids = [load.popen.pid for load in loads]
+    ctx.node.check_alive()
+    cpu = {k: round(cpu_after[k] - cpu_before[k], 3) for k in cpu_before}
+    window = wall_after - wall_before
+    failures: Counter[str] = Counter()
+    closed_early: Counter[str] = Counter()
+    kinds: Counter[str] = Counter()
+    for result in results:
+        failures.update(result["failure_samples"])
+        closed_early.update(result["closed_early"])
+        kinds.update(result["frames_in_window"])
+    per_conn = None
+    if rss_before is not None and rss_connected is not None and connected:
+        per_conn = round((rss_connected - rss_before) / connected, 2)
+    figures: dict[str, Any] = {
+        "phase": opts.kind,
+        "clients": opts.clients,
+        "run": run,
+        "window_s": opts.seconds,
+        "cpu_window_s": round(window, 3),
+        "connected": connected,
+        "refused": opts.clients - connected,
+        "connect_s": round(connect_s, 2),
+        "failure_samples": dict(failures.most_common(MAX_ERROR_SAMPLES)),
+        "closed_early": dict(closed_early),
+        "rss_kib": {"before": rss_before, "connected": rss_connected, "end": rss_end},
+        "rss_kib_per_connection": per_conn,
+        "cpu_s": cpu,
+        "cpu_percent": {k: round(100 * v / window, 1) for k, v in cpu.items()},
+        "load_pids": load_pids,
+    }
+    if driver is None:
+        return figures
+    latencies, counts = delivery_latencies(driver.submissions, results, start, end)
+    frames = kinds.get("update", 0)
+    submitted = [s for s in driver.submissions if start <= s.acked < end]
+    statuses = Counter(str(s.status) for s in submitted)
+    lateness = sorted(max(0.0, s.sent - s.scheduled) * 1000 for s in driver.submissions if s.sent)
+    figures |= {
+        "rate": opts.rate,
+        "top": opts.top,
+        "auth": opts.auth,
+        "submissions": len(submitted),
+        "submissions_per_s": round(statuses.get("200", 0) / opts.seconds, 1),
+        "non_200": {k: v for k, v in sorted(statuses.items()) if k != "200"},
+        "driver_errors": dict(driver.errors),
+        "driver_late_ms_p99": _round(_percentile(lateness, 0.99)),
+        "delivery_ms": {
+            "p50": _round(_percentile(latencies, 0.50)),
+            "p99": _round(_percentile(latencies, 0.99)),
+            "max": _round(latencies[-1] if latencies else None),
+        },
+        "deliveries": len(latencies),
+        **counts,
+        "frames": frames,
+        "me_frames": kinds.get("me", 0),
+        "frames_per_s": round(frames / opts.seconds, 1),
+        # 1 / PODIUM_WS_TICK_S at most; lower when the tick falls behind.
+        "frames_per_client_per_s": (
+            round(frames / opts.seconds / connected, 2) if connected else None
+        ),
+        "frames_per_node_cpu_s": round(frames / cpu["node"], 1) if cpu["node"] > 0 else None,
+    }
+    return figures
+
+
+# ---------------------------------------------------------------- ws-submit
+
+
+async def run_ws_submit(ctx: Ctx, run: int) -> dict[str, Any]:
+    opts = ctx.opts
+    ctx.node.check_alive()
+    await wait_node_idle(ctx)
+    procs = min(opts.procs, opts.sockets)
+    budget = min(MAX_TOKEN_POOL, math.ceil(opts.token_rate * (opts.warmup + opts.seconds)))
+    specs = []
+    first = 0
+    for p, count in enumerate(_split(opts.sockets, procs)):
+        mine = ctx.players[first : first + count]
+        first += count
+        specs.append(
+            {
+                "kind": "submit",
+                "url": ctx.ws_url,
+                "users": [[pl.user_id, pl.access_token] for pl in mine],
+                "action_key": ctx.secrets.action_key,
+                "action_key_id": ACTION_KEY_ID,
+                "token_ttl_s": TOKEN_TTL_S,
+                "token_budget": budget,
+                "seed": run * 1000 + p,
+            }
+        )
+    async with started_loads(ctx, specs, f"ws-submit-r{run}") as loads:
+        readies = [await load.ready() for load in loads]
+        connected = sum(int(r["connected"]) for r in readies)
+        ctx.node.check_alive()
+        start = time.monotonic() + 0.05 + opts.warmup
+        end = start + opts.seconds
+        for load in loads:
+            load.send(f"go {start!r} {end!r}\n")
+        await _sleep_until(start)
+        cpu_before, wall_before = _sample_cpu(ctx, loads), time.monotonic()
+        await _sleep_until(end)
+        cpu_after, wall_after = _sample_cpu(ctx, loads), time.monotonic()
+        results = [
+            json.loads(await load.readline("result", REQUEST_TIMEOUT_S + CLOSE_TIMEOUT_S + 60))
+            for load in loads
+        ]
+        load_pids = [load.popen.pid for load in loads]
+    ctx.node.check_alive()
+    codes: Counter[str] = Counter()
+    closed_early: Counter[str] = Counter()
+    failures: Counter[str] = Counter()
+    latencies: list[float] = []
+    totals: Counter[str] = Counter()
+    for result in results:
+        codes.update(result["codes"])
+        closed_early.update(result["closed_early"])
+        failures.update(result["failure_samples"])
+        latencies += result["latencies_ms"]
+        for key in ("warmup_requests", "late_requests", "inline_mints"):
+            totals[key] += int(result[key])
+    latencies.sort()
+    accepted = codes.get("ok", 0)
+    cpu = {k: round(cpu_after[k] - cpu_before[k], 3) for k in cpu_before}
+    window = wall_after - wall_before
+    servers = cpu["node"] + cpu["redis"] + cpu["postgres"]
+    return {
+        "phase": "ws-submit",
+        "clients": opts.sockets,
+        "run": run,
+        "window_s": opts.seconds,
+        "cpu_window_s": round(window, 3),
+        "connected": connected,
+        "failure_samples": dict(failures.most_common(MAX_ERROR_SAMPLES)),
+        "requests": sum(codes.values()),
+        "accepted": accepted,
+        "accepted_per_s": round(accepted / opts.seconds, 1),
+        "errors": {k: v for k, v in sorted(codes.items()) if k != "ok"},
+        "closed_early": dict(closed_early),
+        "latency_ms": {
+            "p50": _round(_percentile(latencies, 0.50)),
+            "p99": _round(_percentile(latencies, 0.99)),
+            "max": _round(latencies[-1] if latencies else None),
+        },
+        "cpu_s": cpu,
+        "cpu_percent": {k: round(100 * v / window, 1) for k, v in cpu.items()},
+        "per_node_cpu_s": round(accepted / cpu["node"], 1) if cpu["node"] > 0 else None,
+        "per_cpu_s": round(accepted / servers, 1) if servers > 0 else None,
+        **dict(totals),
+        "load_pids": load_pids,
+    }
+
+
+# ---------------------------------------------------------------- output
+
+
+def _fmt(value: float | None, spec: str = ".1f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _mib(kib: float | None) -> str:
+    return "-" if kib is None else f"{kib / 1024:.1f}"
+
+
+def _codes_text(codes: dict[str, int]) -> str:
+    return ",".join(f"{k}:{v}" for k, v in codes.items()) or "none"
+
+
+def run_line(fig: dict[str, Any], repeat: int) -> str:
+    cpu, rss = fig["cpu_s"], fig.get("rss_kib", {})
+    head = f"{fig['phase']:<9} n={fig['clients']:<5} run {fig['run']}/{repeat}  "
+    cpu_text = (
+        f"cpu-s node {cpu['node']:.2f} redis {cpu['redis']:.2f} pg {cpu['postgres']:.2f} "
+        f"load {cpu['load']:.2f} driver {cpu['driver']:.2f} /{fig['cpu_window_s']:.1f}s"
+    )
+    if fig["phase"] == "ws-submit":
+        lat = fig["latency_ms"]
+        line = (
+            head + f"connected {fig['connected']}/{fig['clients']}  "
+            f"ok/s {fig['accepted_per_s']:>8.1f}  errors {_codes_text(fig['errors'])}  "
+            f"p50 {_fmt(lat['p50'])} p99 {_fmt(lat['p99'])} max {_fmt(lat['max'])} ms  "
+            f"{cpu_text}  ok/node-cpu-s {_fmt(fig['per_node_cpu_s'], '.0f')}  "
+            f"ok/cpu-s(node+redis+pg) {_fmt(fig['per_cpu_s'], '.0f')}"
+        )
+    else:
+        rss_text = (
+            f"rss node {_mib(rss['before'])} -> {_mib(rss['connected'])} MiB "
+            f"({_fmt(fig['rss_kib_per_connection'])} KiB/conn)"
+        )
+        line = head + f"connected {fig['connected']}/{fig['clients']} in {fig['connect_s']} s  "
+        if fig["phase"] == "idle":
+            line += (
+                f"{rss_text}  held {fig['window_s']:g} s, closed by the node "
+                f"{sum(fig['closed_early'].values())}  node cpu {fig['cpu_percent']['node']}%"
+            )
+        else:
+            d = fig["delivery_ms"]
+            line += (
+                f"submits/s {fig['submissions_per_s']} (non-200 {_codes_text(fig['non_200'])})  "
+                f"delivery p50 {_fmt(d['p50'])} p99 {_fmt(d['p99'])} max {_fmt(d['max'])} ms  "
+                f"frames/s {fig['frames_per_s']:.0f} "
+                f"({_fmt(fig['frames_per_client_per_s'], '.2f')} per client)  "
+                f"frames/node-cpu-s {_fmt(fig['frames_per_node_cpu_s'], '.0f')}  "
+                f"{rss_text}\n          {cpu_text}  deliveries {fig['deliveries']}, "
+                f"missed {fig['missed']}, never reflected {fig['never_reflected']}, "
+                f"before the ack {fig['negative']}, seq regressions {fig['seq_regressions']}"
+            )
+    extras = []
+    if fig.get("closed_early") and fig["phase"] != "idle":
+        extras.append(f"closed by the node: {_codes_text(fig['closed_early'])}")
+    for name in ("inline_mints", "driver_errors"):
+        if fig.get(name):
+            extras.append(f"{name} {fig[name]}")
+    if extras:
+        line += "\n          (" + "; ".join(extras) + ")"
+    for sample, count in list(fig.get("failure_samples", {}).items())[:3]:
+        line += f"\n          {count} x {sample}"
+    return line
+
+
+def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each figure's median over the runs."""
+    if not runs:
+        return {}
+    first = runs[0]
+    row: dict[str, Any] = {"phase": first["phase"], "clients": first["clients"], "runs": len(runs)}
+    scalar = [
+        "connected",
+        "accepted_per_s",
+        "per_node_cpu_s",
+        "per_cpu_s",
+        "submissions_per_s",
+        "frames_per_s",
+        "frames_per_client_per_s",
+        "frames_per_node_cpu_s",
+        "rss_kib_per_connection",
+        "deliveries",
+    ]
+    for key in scalar:
+        if key in first:
+            row[key] = _median([r[key] for r in runs])
+    for group in ("latency_ms", "delivery_ms", "cpu_percent", "rss_kib"):
+        if group in first:
+            row[group] = {k: _median([r[group][k] for r in runs]) for k in first[group]}
+    for key in ("errors", "non_200", "closed_early"):
+        if key in first:
+            total: Counter[str] = Counter()
+            for r in runs:
+                total.update(r[key])
+            row[key] = dict(total)
+    return row
+
+
+def summary_text(row: dict[str, Any]) -> str:
+    if not row:
+        return ""
+    cpu = row["cpu_percent"]
+    cpu_text = (
+        f"cpu% node {_fmt(cpu['node'], '.0f')} redis {_fmt(cpu['redis'], '.0f')} "
+        f"pg {_fmt(cpu['postgres'], '.0f')} load {_fmt(cpu['load'], '.0f')} "
+        f"driver {_fmt(cpu['driver'], '.0f')}"
+    )
+    head = f"summary ({row['runs']} run(s), medians): {row['phase']} n={row['clients']}"
+    if row["phase"] == "ws-submit":
+        lat = row["latency_ms"]
+        body = (
+            f"ok/s {_fmt(row['accepted_per_s'])}  ack p50 {_fmt(lat['p50'])} ms "
+            f"p99 {_fmt(lat['p99'])} ms  {cpu_text}  ok/node-cpu-s "
+            f"{_fmt(row['per_node_cpu_s'], '.0f')}  ok/cpu-s {_fmt(row['per_cpu_s'], '.0f')}  "
+            f"errors {_codes_text(row['errors'])}"
+        )
+    elif row["phase"] == "idle":
+        rss = row["rss_kib"]
+        body = (
+            f"connected {_fmt(row['connected'], '.0f')}  rss {_mib(rss['before'])} -> "
+            f"{_mib(rss['connected'])} MiB = {_fmt(row['rss_kib_per_connection'])} KiB/conn  "
+            f"{cpu_text}"
+        )
+    else:
+        d = row["delivery_ms"]
+        body = (
+            f"delivery p50 {_fmt(d['p50'])} ms p99 {_fmt(d['p99'])} ms  "
+            f"frames/s {_fmt(row['frames_per_s'], '.0f')}  frames/node-cpu-s "
+            f"{_fmt(row['frames_per_node_cpu_s'], '.0f')}  rss/conn "
+            f"{_fmt(row['rss_kib_per_connection'])} KiB  {cpu_text}"
+        )
+    return head + "\n  " + body + "\n  cpu%: 100 = one core over the window"
+
+
+def header(opts: Options, machine: dict[str, Any], nofile: tuple[int, int]) -> str:
+    extra = " ".join(f"{k}={v}" for k, v in opts.node_env) or "defaults"
+    nproc = machine["nproc"]
+    if opts.mode == "ws-submit":
+        load = (
+            f"{opts.procs} process(es), {opts.sockets} signed-in sockets, closed loop over "
+            f"server.client, 127.0.0.1 only; WS rate limit raised to {WIDE_OPEN}/s"
+        )
+        what = "Podium WebSocket benchmark: ws-submit"
+    elif opts.idle:
+        load = (
+            f"{opts.procs} process(es), {opts.clients} idle connections (welcome only), "
+            f"held {opts.seconds:g} s; the node pings each every PODIUM_WS_HEARTBEAT_S (15 s)"
+        )
+        what = "Podium WebSocket benchmark: fanout --idle"
+    else:
+        who = "signed-in players" if opts.auth else "spectators"
+        load = (
+            f"{opts.procs} process(es), {opts.clients} {who} on {LEADERBOARD} top {opts.top} "
+            f"(raw trio-websocket); driver: HTTP at {opts.rate:g}/s paced, for {opts.top} "
+            "climbers, in this process"
+        )
+        what = "Podium WebSocket benchmark: fanout"
+    return "\n".join(
+        [
+            what,
+            f"machine   nproc {nproc} ({machine['cpu_model'] or 'cpu model unknown'}), "
+            f"Linux {machine['kernel']}, {machine['implementation']} {machine['python']}, "
+            f"commit {machine['commit'] or '?'}; open files {nofile[0]}",
+            f"          the node, Redis, PostgreSQL, the load processes and the driver share "
+            f"these {nproc} cores: latencies include the load side's own scheduling",
+            f"node      1 process: python -m server.cli serve, log level warning, settings {extra}",
+            "postgres  embedded, DURABLE (fsync=on, synchronous_commit=on): commits pay real fsync",
+            "redis     embedded, appendonly everysec",
+            f"load      {load}",
+            f"settings  warm-up {opts.warmup:g} s, window {opts.seconds:g} s, repeat {opts.repeat}",
+        ]
+    )
+
+
+# ---------------------------------------------------------------- main
+
+
+def node_settings(opts: Options, ws_port: int) -> list[tuple[str, str]]:
+    env = [("PODIUM_WS_PORT", str(ws_port))]
+    if opts.connections > 9000:
+        env.append(("PODIUM_WS_MAX_CONNECTIONS", str(opts.connections + 1000)))
+    if opts.mode == "ws-submit":
+        env += [("PODIUM_WS_RATE_PER_S", WIDE_OPEN), ("PODIUM_WS_RATE_BURST", WIDE_OPEN)]
+    return env + list(opts.node_env)
+
+
+async def bench(opts: Options, root: Path) -> dict[str, Any]:
+    machine = machine_info()
+    nofile = raise_nofile_limit()
+    print(header(opts, machine, nofile), flush=True)
+    secrets_ = NodeSecrets()
+    ws_port = free_port(HOST)
+    http_opts = dataclasses.replace(
+        http_bench.parse_options([]), node_env=node_settings(opts, ws_port)
+    )
+    began = time.monotonic()
+    async with (
+        open_embedded_redis(root / "redis", persist=True) as redis,
+        open_embedded_postgres(root / "postgres", durable=True) as postgres,
+        running_node(http_opts, root, redis.url, postgres.dsn, secrets_) as (node, http_port),
+    ):
+        await node.wait_ready()
+        ws_url = f"ws://{HOST}:{ws_port}/v1/ws"
+        print(
+            f"ready     node pid {node.pid} on {node.url} and {ws_url}, redis pid {redis.pid}, "
+            f"postgres pid {postgres.pid} ({time.monotonic() - began:.1f} s)",
+            flush=True,
+        )
+        ctx = Ctx(
+            opts=opts,
+            root=root,
+            node=node,
+            redis_pid=redis.pid,
+            postgres_pid=postgres.pid,
+            http_port=http_port,
+            ws_url=ws_url,
+            secrets=secrets_,
+            child_env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        if opts.mode == "ws-submit":
+            ctx.players = await players(ctx, opts.sockets)
+        elif not opts.idle:
+            # One set-up call: http_bench names its players bench_0, bench_1, ...
+            made = await players(ctx, opts.top + (opts.clients if opts.auth else 0))
+            ctx.climbers, ctx.players = made[: opts.top], made[opts.top :]
+            await lift_climbers(ctx)
+        runs: list[dict[str, Any]] = []
+        for run in range(1, opts.repeat + 1):
+            if opts.mode == "ws-submit":
+                figures = await run_ws_submit(ctx, run)
+            else:
+                figures = await run_fanout(ctx, run)
+            print(run_line(figures, opts.repeat), flush=True)
+            runs.append(figures)
+    return {
+        "machine": machine,
+        "settings": opts.as_json(),
+        "open_files_limit": nofile[0],
+        "runs": runs,
+        "summary": summarise(runs),
+        "node_log": scan_node_log(root / "node.log"),
+        "node_exit_code": node.exit_code,
+        "pids": {"node": node.pid, "redis": redis.pid, "postgres": postgres.pid},
+    }
+
+
+async def _main_async(opts: Options, root: Path) -> dict[str, Any]:
+    terminated: list[bool] = []
+
+    async def watch(cancel: Callable[[], None]) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGHUP) as signals:
+            async for _ in signals:
+                terminated.append(True)
+                cancel()
+                return
+
+    result: dict[str, Any] = {}
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch, nursery.cancel_scope.cancel)
+        result = await bench(opts, root)
+        nursery.cancel_scope.cancel()
+    if terminated:
+        raise Terminated
+    return result
+
+
+def _print_report(report: dict[str, Any]) -> None:
+    print()
+    print(summary_text(report["summary"]))
+    log = report["node_log"]
+    bad = {k: v for k, v in log["levels"].items() if k not in ("info", "debug")}
+    print(
+        f"node log: {log['lines']} lines"
+        + (", " + ", ".join(f"{v} {k}" for k, v in sorted(bad.items())) if bad else ", no warnings")
+        + f"; node exit code {report['node_exit_code']}"
+    )
+    for line in log["notable"][:5]:
+        print(f"  {line}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] == "_load":
+        return load_main(args[1:])
+    opts = parse_options(args)
+    if sys.platform != "linux":
+        print("bench: needs Linux (/proc for CPU and RSS figures)", file=sys.stderr)
+        return 2
+    root = Path(tempfile.mkdtemp(prefix="podium-wsbench-"))
+    try:
+        report = trio.run(_main_async, opts, root)
+    except BaseException as exc:
+        leaves = list(_leaves(exc))
+        if any(isinstance(leaf, BenchError) for leaf in leaves):
+            for leaf in leaves:
+                if isinstance(leaf, BenchError):
+                    print(f"bench: error: {leaf}", file=sys.stderr)
+            return 1
+        if leaves and all(isinstance(leaf, KeyboardInterrupt | Terminated) for leaf in leaves):
+            print("bench: stopped early; everything started was stopped", file=sys.stderr)
+            return 130 if isinstance(leaves[0], KeyboardInterrupt) else 143
+        raise
+    finally:
+        if opts.keep:
+            print(f"kept {root}", file=sys.stderr)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+    _print_report(report)
+    if opts.json is not None:
+        opts.json.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {opts.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -38,15 +38,12 @@ import math
 import os
 import platform
 import secrets
-import shutil
 import signal
-import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -54,10 +51,25 @@ from typing import Any, Final
 import httpx
 import trio
 
+from bench.common import (
+    ROOT,
+    BenchError,
+    LoadProcess,
+    add_node_options,
+    bounded,
+    fmt,
+    median,
+    percentile,
+    round2,
+    run_bench,
+    sleep_until,
+    split,
+    stop_process,
+    tail,
+)
 from protocol import action_token
 from server.embedded import free_port, open_embedded_postgres, open_embedded_redis
 
-ROOT: Final = Path(__file__).resolve().parents[1]
 HOST: Final = "127.0.0.1"
 LEADERBOARD: Final = "global"
 ACTION_TYPE: Final = "score"
@@ -74,14 +86,7 @@ LOAD_DRAIN_S: Final = 15.0
 REQUEST_TIMEOUT_S: Final = 30.0
 
 PHASES: Final = ("submit", "top", "around")
-
-
-class BenchError(Exception):
-    """The benchmark cannot go on; the message says why."""
-
-
-class Terminated(Exception):
-    """SIGTERM or SIGHUP asked us to stop."""
+LOADGEN: Final = ("bench.loadgen",)
 
 
 # ---------------------------------------------------------------- options
@@ -107,26 +112,6 @@ def _phase_list(text: str) -> list[str]:
     return phases
 
 
-def _bounded(kind: Callable[[str], Any], low: float, high: float) -> Callable[[str], Any]:
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a valid {kind.__name__}") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be from {low:g} to {high:g}")
-        return value
-
-    return parse
-
-
-def _node_env(text: str) -> tuple[str, str]:
-    name, sep, value = text.partition("=")
-    if not sep or not name.startswith("PODIUM_"):
-        raise argparse.ArgumentTypeError("expected PODIUM_NAME=VALUE")
-    return name, value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="scripts/bench http",
@@ -134,9 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
         "with private Redis and (durable) PostgreSQL, load from separate processes.",
     )
     add = parser.add_argument
-    add("--users", type=_bounded(int, 1, 1_000_000), default=2000, help="players (default 2000)")
-    add("--seconds", type=_bounded(float, 0.1, 600), default=10.0, help="measured window (10)")
-    add("--warmup", type=_bounded(float, 0, 60), default=1.0, help="warm-up per phase (1)")
+    add("--users", type=bounded(int, 1, 1_000_000), default=2000, help="players (default 2000)")
+    add("--seconds", type=bounded(float, 0.1, 600), default=10.0, help="measured window (10)")
+    add("--warmup", type=bounded(float, 0, 60), default=1.0, help="warm-up per phase (1)")
     add(
         "--concurrency",
         type=_int_list,
@@ -145,31 +130,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add(
         "--read-concurrency",
-        type=_bounded(int, 1, 4096),
+        type=bounded(int, 1, 4096),
         default=64,
         help="connections for the top and around phases (64)",
     )
     add("--phases", type=_phase_list, default=list(PHASES), help="submit,top,around (all)")
-    add("--repeat", type=_bounded(int, 1, 100), default=1, help="runs of each phase (1)")
-    add("--procs", type=_bounded(int, 1, 64), default=1, help="load processes (1)")
+    add("--repeat", type=bounded(int, 1, 100), default=1, help="runs of each phase (1)")
+    add("--procs", type=bounded(int, 1, 64), default=1, help="load processes (1)")
     add(
         "--token-rate",
-        type=_bounded(int, 1, 1_000_000),
+        type=bounded(int, 1, 1_000_000),
         default=3000,
         help="submissions/s per load process to pre-mint tokens for; beyond it they are "
         "minted inline and counted (3000)",
     )
-    add("--setup-concurrency", type=_bounded(int, 1, 256), default=16, help="set-up clients (16)")
-    add(
-        "--node-env",
-        type=_node_env,
-        action="append",
-        default=[],
-        metavar="PODIUM_X=V",
-        help="an extra setting for the node (repeatable)",
-    )
-    add("--json", type=Path, metavar="FILE", help="write every figure to FILE as JSON")
-    add("--keep", action="store_true", help="keep the temporary directory (logs, data)")
+    add("--setup-concurrency", type=bounded(int, 1, 256), default=16, help="set-up clients (16)")
+    add_node_options(parser)
     return parser
 
 
@@ -292,47 +268,6 @@ def _parent_death_signal(signum: int) -> Callable[[], None]:
     return set_pdeathsig
 
 
-async def wait_process(popen: subprocess.Popen[Any]) -> int:
-    """Wait for a child without blocking Trio."""
-    try:
-        pidfd = os.pidfd_open(popen.pid)
-    except (OSError, AttributeError):
-        pidfd = -1
-    try:
-        while popen.poll() is None:
-            if pidfd >= 0:
-                await trio.lowlevel.wait_readable(pidfd)
-            else:
-                await trio.sleep(0.05)
-    finally:
-        if pidfd >= 0:
-            os.close(pidfd)
-    return popen.returncode
-
-
-async def stop_process(popen: subprocess.Popen[Any], sig: int, timeout_s: float) -> int:
-    """Send ``sig``, wait up to ``timeout_s``, then SIGKILL; shielded from cancellation."""
-    with trio.CancelScope(shield=True):
-        if popen.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                popen.send_signal(sig)
-            with trio.move_on_after(timeout_s):
-                await wait_process(popen)
-            if popen.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    popen.kill()
-                with trio.move_on_after(10):
-                    await wait_process(popen)
-    return popen.returncode if popen.returncode is not None else -9
-
-
-def _tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
 # ---------------------------------------------------------------- the node
 
 
@@ -370,7 +305,7 @@ class NodeProcess:
         if self.popen.poll() is not None:
             raise BenchError(
                 f"the node exited with code {self.popen.returncode}; "
-                f"log {self.log_path}:\n{_tail(self.log_path)}"
+                f"log {self.log_path}:\n{tail(self.log_path)}"
             )
 
     async def wait_ready(self) -> None:
@@ -385,7 +320,7 @@ class NodeProcess:
         if scope.cancelled_caught:
             raise BenchError(
                 f"the node was not ready after {NODE_READY_TIMEOUT_S:.0f} s; "
-                f"log {self.log_path}:\n{_tail(self.log_path)}"
+                f"log {self.log_path}:\n{tail(self.log_path)}"
             )
 
     async def stop(self) -> int:
@@ -511,65 +446,6 @@ class Ctx:
     child_env: dict[str, str]
 
 
-class LoadProcess:
-    def __init__(self, ctx: Ctx, spec: dict[str, Any], name: str) -> None:
-        spec_path = ctx.root / "load" / f"{name}.json"
-        spec_path.parent.mkdir(exist_ok=True)
-        spec_path.write_text(json.dumps(spec))
-        self.log_path = spec_path.with_suffix(".log")
-        with open(self.log_path, "ab") as log:
-            self.popen: subprocess.Popen[str] = subprocess.Popen(
-                [sys.executable, "-m", "bench.loadgen", str(spec_path)],
-                cwd=ROOT,
-                env=ctx.child_env,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=log,
-                text=True,
-                start_new_session=True,
-            )
-
-    async def readline(self, what: str, timeout_s: float) -> str:
-        stdout = self.popen.stdout
-        assert stdout is not None
-        with trio.move_on_after(timeout_s):
-            line: str = await trio.to_thread.run_sync(stdout.readline, abandon_on_cancel=True)
-            if line:
-                return line
-        raise BenchError(
-            f"a load process gave no {what} (exit code {self.popen.poll()}); "
-            f"log {self.log_path}:\n{_tail(self.log_path)}"
-        )
-
-    def send(self, line: str) -> None:
-        stdin = self.popen.stdin
-        assert stdin is not None
-        try:
-            stdin.write(line)
-            stdin.flush()
-        except OSError as exc:
-            raise BenchError(f"a load process went away: {exc}") from exc
-
-    async def close(self) -> None:
-        for pipe in (self.popen.stdin,):
-            with contextlib.suppress(OSError):
-                if pipe is not None:
-                    pipe.close()
-        await stop_process(self.popen, signal.SIGKILL, 5)
-        if self.popen.stdout is not None:
-            self.popen.stdout.close()
-
-
-def _split(total: int, parts: int) -> list[int]:
-    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
-
-
-def _percentile(ordered: list[float], q: float) -> float | None:
-    if not ordered:
-        return None
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
-
-
 def _sample_cpu(ctx: Ctx, loads: list[LoadProcess]) -> dict[str, float]:
     return {
         "node": tree_cpu_seconds(ctx.node.pid),
@@ -579,10 +455,6 @@ def _sample_cpu(ctx: Ctx, loads: list[LoadProcess]) -> dict[str, float]:
     }
 
 
-async def _sleep_until_monotonic(when: float) -> None:
-    await trio.sleep(max(0.0, when - time.monotonic()))
-
-
 async def run_phase(ctx: Ctx, kind: str, clients: int, run: int) -> dict[str, Any]:
     opts = ctx.opts
     ctx.node.check_alive()
@@ -590,7 +462,7 @@ async def run_phase(ctx: Ctx, kind: str, clients: int, run: int) -> dict[str, An
     budget = min(MAX_TOKEN_POOL, math.ceil(opts.token_rate * (opts.warmup + opts.seconds)))
     loads: list[LoadProcess] = []
     try:
-        for p, conns in enumerate(_split(clients, procs)):
+        for p, conns in enumerate(split(clients, procs)):
             spec = {
                 "host": HOST,
                 "port": ctx.http_port,
@@ -608,7 +480,11 @@ async def run_phase(ctx: Ctx, kind: str, clients: int, run: int) -> dict[str, An
                 "drain_s": LOAD_DRAIN_S,
                 "seed": run * 1000 + p,
             }
-            loads.append(LoadProcess(ctx, spec, f"{kind}-c{clients}-r{run}-p{p}"))
+            loads.append(
+                LoadProcess(
+                    ctx.root, spec, f"{kind}-c{clients}-r{run}-p{p}", ctx.child_env, LOADGEN
+                )
+            )
         for load in loads:
             if (await load.readline("ready", LOAD_READY_TIMEOUT_S)).strip() != "ready":
                 raise BenchError(f"a load process did not start; log {load.log_path}")
@@ -617,9 +493,9 @@ async def run_phase(ctx: Ctx, kind: str, clients: int, run: int) -> dict[str, An
         end = start + opts.seconds
         for load in loads:
             load.send(f"go {start!r} {end!r}\n")
-        await _sleep_until_monotonic(start)
+        await sleep_until(start)
         cpu_before, wall_before = _sample_cpu(ctx, loads), time.monotonic()
-        await _sleep_until_monotonic(end)
+        await sleep_until(end)
         cpu_after, wall_after = _sample_cpu(ctx, loads), time.monotonic()
         results = [json.loads(await load.readline("result", LOAD_DRAIN_S + 30)) for load in loads]
     finally:
@@ -672,9 +548,9 @@ def _figures(
         "statuses": dict(sorted(statuses.items())),
         "non_200": {k: v for k, v in sorted(statuses.items()) if k != "200"},
         "latency_ms": {
-            "p50": _round(_percentile(latencies, 0.50)),
-            "p99": _round(_percentile(latencies, 0.99)),
-            "max": _round(latencies[-1] if latencies else None),
+            "p50": round2(percentile(latencies, 0.50)),
+            "p99": round2(percentile(latencies, 0.99)),
+            "max": round2(latencies[-1] if latencies else None),
         },
         "cpu_s": cpu,
         "cpu_percent": {k: round(100 * v / cpu_window_s, 1) for k, v in cpu.items()},
@@ -686,15 +562,7 @@ def _figures(
     }
 
 
-def _round(value: float | None) -> float | None:
-    return None if value is None else round(value, 2)
-
-
 # ---------------------------------------------------------------- output
-
-
-def _fmt(value: float | None, spec: str = ".1f") -> str:
-    return "-" if value is None else format(value, spec)
 
 
 def _statuses_text(non_200: dict[str, int]) -> str:
@@ -706,11 +574,11 @@ def phase_line(fig: dict[str, Any], repeat: int) -> str:
     line = (
         f"{fig['phase']:<7} c={fig['clients']:<4} run {fig['run']}/{repeat}  "
         f"ok/s {fig['accepted_per_s']:>8.1f}  non-200 {_statuses_text(fig['non_200'])}  "
-        f"p50 {_fmt(lat['p50'])} p99 {_fmt(lat['p99'])} max {_fmt(lat['max'])} ms  "
+        f"p50 {fmt(lat['p50'])} p99 {fmt(lat['p99'])} max {fmt(lat['max'])} ms  "
         f"cpu-s node {cpu['node']:.2f} redis {cpu['redis']:.2f} pg {cpu['postgres']:.2f} "
         f"load {cpu['load']:.2f} /{fig['cpu_window_s']:.1f}s  "
-        f"ok/node-cpu-s {_fmt(fig['per_node_cpu_s'], '.0f')}  "
-        f"ok/cpu-s(node+redis+pg) {_fmt(fig['per_cpu_s'], '.0f')}"
+        f"ok/node-cpu-s {fmt(fig['per_node_cpu_s'], '.0f')}  "
+        f"ok/cpu-s(node+redis+pg) {fmt(fig['per_cpu_s'], '.0f')}"
     )
     extras = [
         f"{name} {fig[name]}"
@@ -722,11 +590,6 @@ def phase_line(fig: dict[str, Any], repeat: int) -> str:
     for sample, count in list(fig["error_samples"].items())[:3]:
         line += f"\n          {count} x {sample}"
     return line
-
-
-def _median(values: list[Any]) -> float | None:
-    present = [v for v in values if v is not None]
-    return round(statistics.median(present), 2) if present else None
 
 
 def summarise(runs: list[dict[str, Any]], plan: list[tuple[str, int]]) -> list[dict[str, Any]]:
@@ -743,17 +606,17 @@ def summarise(runs: list[dict[str, Any]], plan: list[tuple[str, int]]) -> list[d
                 "phase": phase,
                 "clients": clients,
                 "runs": len(mine),
-                "accepted_per_s": _median([r["accepted_per_s"] for r in mine]),
+                "accepted_per_s": median([r["accepted_per_s"] for r in mine]),
                 "non_200": dict(sorted(non_200.items())),
                 "latency_ms": {
-                    q: _median([r["latency_ms"][q] for r in mine]) for q in ("p50", "p99", "max")
+                    q: median([r["latency_ms"][q] for r in mine]) for q in ("p50", "p99", "max")
                 },
                 "cpu_percent": {
-                    k: _median([r["cpu_percent"][k] for r in mine])
+                    k: median([r["cpu_percent"][k] for r in mine])
                     for k in ("node", "redis", "postgres", "load")
                 },
-                "per_node_cpu_s": _median([r["per_node_cpu_s"] for r in mine]),
-                "per_cpu_s": _median([r["per_cpu_s"] for r in mine]),
+                "per_node_cpu_s": median([r["per_node_cpu_s"] for r in mine]),
+                "per_cpu_s": median([r["per_cpu_s"] for r in mine]),
                 "conn_errors": sum(r.get("conn_errors", 0) for r in mine),
             }
         )
@@ -770,11 +633,11 @@ def summary_table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         lat, cpu = r["latency_ms"], r["cpu_percent"]
         out.append(
-            f"{r['phase']:<7} {r['clients']:>7} {r['runs']:>4} {_fmt(r['accepted_per_s']):>8} "
-            f"{_fmt(lat['p50']):>7} {_fmt(lat['p99']):>7} {_fmt(lat['max']):>7} "
-            f"{_fmt(cpu['node'], '.0f'):>6} {_fmt(cpu['redis'], '.0f'):>6} "
-            f"{_fmt(cpu['postgres'], '.0f'):>6} {_fmt(cpu['load'], '.0f'):>6} "
-            f"{_fmt(r['per_node_cpu_s'], '.0f'):>13} {_fmt(r['per_cpu_s'], '.0f'):>8}  "
+            f"{r['phase']:<7} {r['clients']:>7} {r['runs']:>4} {fmt(r['accepted_per_s']):>8} "
+            f"{fmt(lat['p50']):>7} {fmt(lat['p99']):>7} {fmt(lat['max']):>7} "
+            f"{fmt(cpu['node'], '.0f'):>6} {fmt(cpu['redis'], '.0f'):>6} "
+            f"{fmt(cpu['postgres'], '.0f'):>6} {fmt(cpu['load'], '.0f'):>6} "
+            f"{fmt(r['per_node_cpu_s'], '.0f'):>13} {fmt(r['per_cpu_s'], '.0f'):>8}  "
             f"{_statuses_text(r['non_200'])}"
         )
     out.append(
@@ -921,77 +784,11 @@ async def bench(opts: Options, root: Path) -> dict[str, Any]:
     }
 
 
-async def _main_async(opts: Options, root: Path) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-
-    async def watch(cancel: Callable[[], None], flag: list[bool]) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGHUP) as signals:
-            async for _ in signals:
-                flag.append(True)
-                cancel()
-                return
-
-    terminated: list[bool] = []
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(watch, nursery.cancel_scope.cancel, terminated)
-        result = await bench(opts, root)
-        nursery.cancel_scope.cancel()
-    if terminated:
-        raise Terminated
-    return result
-
-
-def _print_report(report: dict[str, Any]) -> None:
-    print()
-    print(summary_table(report["summary"]))
-    log = report["node_log"]
-    bad = {k: v for k, v in log["levels"].items() if k not in ("info", "debug")}
-    print(
-        f"node log: {log['lines']} lines"
-        + (", " + ", ".join(f"{v} {k}" for k, v in sorted(bad.items())) if bad else ", no warnings")
-        + f"; node exit code {report['node_exit_code']}"
-    )
-    for line in log["notable"][:5]:
-        print(f"  {line}")
-
-
-def _leaves(exc: BaseException) -> Iterator[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            yield from _leaves(inner)
-    else:
-        yield exc
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     opts = parse_options(sys.argv[1:] if argv is None else argv)
-    if sys.platform != "linux":
-        print("bench: needs Linux (/proc for CPU figures)", file=sys.stderr)
-        return 2
-    root = Path(tempfile.mkdtemp(prefix="podium-bench-"))
-    try:
-        report = trio.run(_main_async, opts, root)
-    except BaseException as exc:
-        leaves = list(_leaves(exc))
-        if any(isinstance(leaf, BenchError) for leaf in leaves):
-            for leaf in leaves:
-                if isinstance(leaf, BenchError):
-                    print(f"bench: error: {leaf}", file=sys.stderr)
-            return 1
-        if leaves and all(isinstance(leaf, KeyboardInterrupt | Terminated) for leaf in leaves):
-            print("bench: stopped early; everything started was stopped", file=sys.stderr)
-            return 130 if isinstance(leaves[0], KeyboardInterrupt) else 143
-        raise
-    finally:
-        if opts.keep:
-            print(f"kept {root}", file=sys.stderr)
-        else:
-            shutil.rmtree(root, ignore_errors=True)
-    _print_report(report)
-    if opts.json is not None:
-        opts.json.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {opts.json}")
-    return 0
+    return run_bench(
+        bench, opts, needs="/proc for CPU figures", prefix="podium-bench-", summary=summary_table
+    )
 
 
 if __name__ == "__main__":

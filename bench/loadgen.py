@@ -27,7 +27,6 @@ the token pool are capped; the process exits if its parent goes away.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import random
@@ -42,14 +41,13 @@ from typing import Any, Final
 
 import trio
 
+from bench.common import die_with_parent, http_request, read_go, sample_error
 from protocol import action_token
 
 MAX_HEAD_BYTES: Final = 64 * 1024
 MAX_BODY_BYTES: Final = 16 * 1024 * 1024
 RECV_BYTES: Final = 65536
-MAX_ERROR_SAMPLES: Final = 8
 READY_TIMEOUT_S: Final = 300.0
-_PR_SET_PDEATHSIG: Final = 1
 
 KINDS: Final = ("submit", "top", "around")
 
@@ -95,13 +93,6 @@ class Spec:
 # ---------------------------------------------------------------- requests
 
 
-def _request(method: str, path: str, host: str, headers: str = "", body: bytes = b"") -> bytes:
-    head = f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: podium-bench\r\n{headers}"
-    if body or method == "POST":
-        head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-    return head.encode("ascii") + b"\r\n" + body
-
-
 class SubmitRequests:
     """``POST /v1/scores/update`` requests for a rotation of users, each with a fresh token.
 
@@ -134,7 +125,7 @@ class SubmitRequests:
             ttl_s=spec.token_ttl_s,
         )
         body = b'{"action_token":"' + token.encode("ascii") + b'"}'
-        return _request(
+        return http_request(
             "POST", "/v1/scores/update", self._host, f"Authorization: Bearer {jwt}\r\n", body
         )
 
@@ -171,12 +162,12 @@ def request_sources(spec: Spec) -> list[SubmitRequests | CycleRequests]:
             sources.append(SubmitRequests(spec, users, pool, spec.seed * 100_003 + i))
         elif spec.kind == "top":
             path = f"/v1/leaderboards/{spec.leaderboard}/top?limit={spec.top_limit}"
-            sources.append(CycleRequests([_request("GET", path, host)]))
+            sources.append(CycleRequests([http_request("GET", path, host)]))
         else:
             sources.append(
                 CycleRequests(
                     [
-                        _request(
+                        http_request(
                             "GET",
                             f"/v1/leaderboards/{spec.leaderboard}/around/{user_id}"
                             f"?radius={spec.around_radius}",
@@ -331,12 +322,6 @@ class LoadRun:
         self.reconnects = 0
         self.samples: Counter[str] = Counter()
 
-    def _sample(self, text: str) -> None:
-        """Count distinct error texts; only the first few distinct ones are kept."""
-        text = " ".join(text.split())[:300]
-        if text in self.samples or len(self.samples) < MAX_ERROR_SAMPLES:
-            self.samples[text] += 1
-
     async def open_all(self) -> None:
         async with trio.open_nursery() as nursery:
             for connection in self.connections:
@@ -362,7 +347,7 @@ class LoadRun:
                 status, close, body = await connection.request(data)
             except (OSError, ConnectionLost, ValueError) as exc:
                 self.conn_errors += 1
-                self._sample(f"connection error: {type(exc).__name__}: {exc}")
+                sample_error(self.samples, f"connection error: {type(exc).__name__}: {exc}")
                 await self._reopen(connection)
                 continue
             elapsed = perf_counter() - began
@@ -373,7 +358,7 @@ class LoadRun:
                 statuses[status] += 1
                 latencies.append(elapsed * 1000.0)
                 if status != 200:
-                    self._sample(f"{status}: {body[:200].decode('utf-8', 'replace')}")
+                    sample_error(self.samples, f"{status}: {body[:200].decode('utf-8', 'replace')}")
             else:
                 self.late += 1
             if close:
@@ -389,7 +374,7 @@ class LoadRun:
                 return
             except OSError as exc:
                 self.conn_errors += 1
-                self._sample(f"reconnect failed: {exc}")
+                sample_error(self.samples, f"reconnect failed: {exc}")
                 await trio.sleep(delay)
                 delay = min(delay * 2, 0.5)
 
@@ -409,32 +394,12 @@ class LoadRun:
         }
 
 
-def _die_with_parent() -> None:
-    """SIGKILL this process if the parent goes away (Linux); we hold no state worth saving."""
-    if sys.platform != "linux":
-        return
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-    if os.getppid() == 1:
-        os._exit(1)
-
-
-async def _readline() -> str:
-    line: str = await trio.to_thread.run_sync(sys.stdin.readline, abandon_on_cancel=True)
-    return line
-
-
 async def main_async(spec: Spec) -> dict[str, Any]:
     run = LoadRun(spec)
     with trio.fail_after(60):
         await run.open_all()
     print("ready", flush=True)
-    with trio.fail_after(READY_TIMEOUT_S):
-        line = await _readline()
-    words = line.split()
-    if len(words) != 3 or words[0] != "go":
-        raise SystemExit(f"loadgen: expected 'go START END', got {line!r}")
-    await run.run(float(words[1]), float(words[2]))
+    await run.run(*await read_go("loadgen", READY_TIMEOUT_S))
     return run.result(sum(source.inline for source in run.sources))
 
 
@@ -443,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1:
         print("usage: python -m bench.loadgen SPEC.json", file=sys.stderr)
         return 2
-    _die_with_parent()
+    die_with_parent()
     # Quiet on Ctrl-C from a terminal: the parent decides when we stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     spec = Spec.from_json(json.loads(Path(args[0]).read_text()))

@@ -1,13 +1,14 @@
 """``scripts/bench fanout`` and ``scripts/bench ws-submit``: one node over WebSockets.
 
 The conventions are :mod:`bench.http_bench`'s, and so are most helpers (this
-module imports them): private Redis and *durable* PostgreSQL in a temporary
-directory, one node as a separate process (``python -m server.cli serve``),
-load from separate processes (this module again, as ``python -m
-bench.ws_bench _load SPEC.json``), CPU seconds from ``/proc`` at the edges of
-a measured window, ``--repeat K`` medians, ``--json FILE``. Everything
-listens on and talks to 127.0.0.1 only; every wait is bounded, and
-everything started is stopped at the end, on an error, or on Ctrl-C.
+module imports them from there and from :mod:`bench.common`): private Redis
+and *durable* PostgreSQL in a temporary directory, one node as a separate
+process (``python -m server.cli serve``), load from separate processes (this
+module again, as ``python -m bench.ws_bench _load SPEC.json``), CPU seconds
+from ``/proc`` at the edges of a measured window, ``--repeat K`` medians,
+``--json FILE``. Everything listens on and talks to 127.0.0.1 only; every
+wait is bounded, and everything started is stopped at the end, on an error,
+or on Ctrl-C.
 
 Modes:
 
@@ -47,7 +48,6 @@ from __future__ import annotations
 import argparse
 import bisect
 import contextlib
-import ctypes
 import dataclasses
 import itertools
 import json
@@ -56,15 +56,11 @@ import os
 import random
 import resource
 import secrets
-import shutil
 import signal
-import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -74,6 +70,27 @@ import trio
 import trio_websocket
 
 from bench import http_bench
+from bench.common import (
+    MAX_ERROR_SAMPLES,
+    ROOT,
+    BenchError,
+    add_node_options,
+    bounded,
+    die_with_parent,
+    fmt,
+    http_request,
+    median,
+    percentile,
+    read_go,
+    round2,
+    run_bench,
+    sample_error,
+    sleep_until,
+    split,
+)
+from bench.common import (
+    LoadProcess as BaseLoadProcess,
+)
 from bench.http_bench import (
     ACTION_KEY_ID,
     ACTION_TYPE,
@@ -81,20 +98,16 @@ from bench.http_bench import (
     HOST,
     LEADERBOARD,
     REQUEST_TIMEOUT_S,
-    ROOT,
     TOKEN_TTL_S,
-    BenchError,
     NodeProcess,
     NodeSecrets,
     Player,
-    Terminated,
     cpu_seconds,
     machine_info,
     mint,
     running_node,
     scan_node_log,
     setup_players,
-    stop_process,
     tree_cpu_seconds,
 )
 from bench.loadgen import Connection, ConnectionLost
@@ -114,31 +127,10 @@ DRIVER_DELTA_MAX: Final = 100
 LIFTS: Final = 3  # x DELTA_MAX puts a climber above any seeded player
 MAX_TOKEN_POOL: Final = 200_000
 MAX_FRAME_BYTES: Final = 1 << 20
-MAX_ERROR_SAMPLES: Final = 8
 WIDE_OPEN: Final = "100000"  # PODIUM_WS_RATE_* for ws-submit: measure the node, not the limiter
 
 
 # ---------------------------------------------------------------- options
-
-
-def _bounded(kind: Callable[[str], Any], low: float, high: float) -> Callable[[str], Any]:
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a valid {kind.__name__}") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be from {low:g} to {high:g}")
-        return value
-
-    return parse
-
-
-def _node_env(text: str) -> tuple[str, str]:
-    name, sep, value = text.partition("=")
-    if not sep or not name.startswith("PODIUM_"):
-        raise argparse.ArgumentTypeError("expected PODIUM_NAME=VALUE")
-    return name, value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -153,24 +145,15 @@ def build_parser() -> argparse.ArgumentParser:
         add = sub.add_argument
         add(
             "--seconds",
-            type=_bounded(float, 0.1, 600),
+            type=bounded(float, 0.1, 600),
             default=None,
             help="window (10; with --idle 20, so that the node's heartbeats fall in it)",
         )
-        add("--warmup", type=_bounded(float, 0, 60), default=warmup, help=f"warm-up ({warmup:g})")
-        add("--procs", type=_bounded(int, 1, 64), default=procs, help=f"load processes ({procs})")
-        add("--repeat", type=_bounded(int, 1, 100), default=1, help="runs (1); medians")
-        add("--setup-concurrency", type=_bounded(int, 1, 256), default=16, help="(16)")
-        add(
-            "--node-env",
-            type=_node_env,
-            action="append",
-            default=[],
-            metavar="PODIUM_X=V",
-            help="an extra setting for the node (repeatable)",
-        )
-        add("--json", type=Path, metavar="FILE", help="write every figure to FILE as JSON")
-        add("--keep", action="store_true", help="keep the temporary directory (logs, data)")
+        add("--warmup", type=bounded(float, 0, 60), default=warmup, help=f"warm-up ({warmup:g})")
+        add("--procs", type=bounded(int, 1, 64), default=procs, help=f"load processes ({procs})")
+        add("--repeat", type=bounded(int, 1, 100), default=1, help="runs (1); medians")
+        add("--setup-concurrency", type=bounded(int, 1, 256), default=16, help="(16)")
+        add_node_options(sub)
 
     fanout = modes.add_parser(
         "fanout",
@@ -180,18 +163,18 @@ def build_parser() -> argparse.ArgumentParser:
         "With --idle: N idle connections and the node's RSS per connection.",
     )
     add = fanout.add_argument
-    add("--clients", type=_bounded(int, 1, 100_000), default=None, help="(1000; 5000 with --idle)")
-    add("--rate", type=_bounded(float, 0.1, 10_000), default=100.0, help="submissions/s (100)")
+    add("--clients", type=bounded(int, 1, 100_000), default=None, help="(1000; 5000 with --idle)")
+    add("--rate", type=bounded(float, 0.1, 10_000), default=100.0, help="submissions/s (100)")
     add(
         "--top",
-        type=_bounded(int, 1, 100),
+        type=bounded(int, 1, 100),
         default=10,
         help="top N watched, and climbers (10); over 10 needs "
         "--node-env PODIUM_RANKING_PUBLISH_TOP_N=N",
     )
     add("--auth", action="store_true", help="clients sign in as players (else spectators)")
     add("--idle", action="store_true", help="idle connections only: RSS per connection")
-    add("--connect-concurrency", type=_bounded(int, 1, 1000), default=100, help="(100)")
+    add("--connect-concurrency", type=bounded(int, 1, 1000), default=100, help="(100)")
     common(fanout, procs=2, warmup=2.0)
 
     submit = modes.add_parser(
@@ -199,10 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="S signed-in sockets submitting in a closed loop: accepted/s, ack latency, CPU",
     )
     add = submit.add_argument
-    add("--sockets", type=_bounded(int, 1, 4096), default=64, help="sockets (64)")
+    add("--sockets", type=bounded(int, 1, 4096), default=64, help="sockets (64)")
     add(
         "--token-rate",
-        type=_bounded(int, 1, 1_000_000),
+        type=bounded(int, 1, 1_000_000),
         default=3000,
         help="submissions/s per load process to pre-mint tokens for (3000)",
     )
@@ -258,53 +241,6 @@ def parse_options(argv: Sequence[str]) -> Options:
 
 
 # ---------------------------------------------------------------- small helpers
-# Copied from bench.http_bench / bench.loadgen, where they are private.
-
-
-def _percentile(ordered: Sequence[float], q: float) -> float | None:
-    if not ordered:
-        return None
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
-
-
-def _median(values: list[Any]) -> float | None:
-    present = [v for v in values if v is not None]
-    return round(statistics.median(present), 2) if present else None
-
-
-def _round(value: float | None, digits: int = 2) -> float | None:
-    return None if value is None else round(value, digits)
-
-
-def _split(total: int, parts: int) -> list[int]:
-    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
-
-
-def _tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
-def _leaves(exc: BaseException) -> Iterator[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            yield from _leaves(inner)
-    else:
-        yield exc
-
-
-async def _sleep_until(when: float) -> None:
-    await trio.sleep(max(0.0, when - time.monotonic()))
-
-
-def _post(path: str, host: str, bearer: str, body: bytes) -> bytes:
-    return (
-        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: podium-bench\r\n"
-        f"Authorization: Bearer {bearer}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    ).encode("ascii") + body
 
 
 def raise_nofile_limit() -> tuple[int, int]:
@@ -323,12 +259,6 @@ def rss_kib(pid: int) -> int | None:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     return None
-
-
-def _sample(counter: Counter[str], text: str) -> None:
-    text = " ".join(text.split())[:300]
-    if text in counter or len(counter) < MAX_ERROR_SAMPLES:
-        counter[text] += 1
 
 
 # ================================================================ load processes
@@ -432,7 +362,7 @@ class WatchLoad:
         ) as exc:
             reason = getattr(exc, "reason", None)
             detail = f" {reason.code}" if reason is not None else ""
-            _sample(self.failures, f"{type(exc).__name__}{detail}: {exc}")
+            sample_error(self.failures, f"{type(exc).__name__}{detail}: {exc}")
             self.ready.tick()
             return
         watch.connected = True
@@ -548,9 +478,9 @@ class SubmitLoad:
                 await self._loop(client, user_id, pool)
         except (ClientError, ConnectionClosed, trio_websocket.HandshakeError, OSError) as exc:
             if up:
-                _sample(self.failures, f"after connecting: {type(exc).__name__}: {exc}")
+                sample_error(self.failures, f"after connecting: {type(exc).__name__}: {exc}")
             else:
-                _sample(self.failures, f"{type(exc).__name__}: {exc}")
+                sample_error(self.failures, f"{type(exc).__name__}: {exc}")
                 self.ready.tick()
 
     async def _loop(self, client: PodiumClient, user_id: str, pool: list[str]) -> None:
@@ -600,15 +530,6 @@ class SubmitLoad:
         }
 
 
-async def _read_go() -> tuple[float, float]:
-    with trio.fail_after(LOAD_READY_TIMEOUT_S):
-        line: str = await trio.to_thread.run_sync(sys.stdin.readline, abandon_on_cancel=True)
-    words = line.split()
-    if len(words) != 3 or words[0] != "go":
-        raise SystemExit(f"ws_bench load: expected 'go START END', got {line!r}")
-    return float(words[1]), float(words[2])
-
-
 def _say(line: str) -> None:
     sys.stdout.write(line + "\n")
     sys.stdout.flush()
@@ -623,7 +544,7 @@ async def load_async(spec: dict[str, Any]) -> dict[str, Any]:
             with trio.fail_after(LOAD_READY_TIMEOUT_S):
                 await sub.ready.event.wait()
             _say("ready " + json.dumps({"connected": sub.connected}))
-            sub.start, sub.end = await _read_go()
+            sub.start, sub.end = await read_go("ws_bench load", LOAD_READY_TIMEOUT_S)
             sub.go.set()
             # Each loop stops sending at END; this bounds the last replies.
             nursery.cancel_scope.deadline = trio.current_time() + (
@@ -640,9 +561,9 @@ async def load_async(spec: dict[str, Any]) -> dict[str, Any]:
             await load.ready.event.wait()
         connected = sum(w.connected for w in load.watches)
         _say("ready " + json.dumps({"connected": connected}))
-        start, end = await _read_go()
+        start, end = await read_go("ws_bench load", LOAD_READY_TIMEOUT_S)
         load.recording = True
-        await _sleep_until(end + float(spec["drain_s"]))
+        await sleep_until(end + float(spec["drain_s"]))
         load.recording = False
         result = load.result(start, end)
         await load.close_all()
@@ -650,20 +571,11 @@ async def load_async(spec: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def _die_with_parent() -> None:
-    if sys.platform != "linux":
-        return
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
-    if os.getppid() == 1:
-        os._exit(1)
-
-
 def load_main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: python -m bench.ws_bench _load SPEC.json", file=sys.stderr)
         return 2
-    _die_with_parent()
+    die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
     raise_nofile_limit()
     spec = json.loads(Path(argv[0]).read_text())
@@ -675,37 +587,11 @@ def load_main(argv: list[str]) -> int:
 # ================================================================ the parent
 
 
-class LoadProcess:
-    """One ``python -m bench.ws_bench _load`` child; as http_bench.LoadProcess."""
+class LoadProcess(BaseLoadProcess):
+    """One ``python -m bench.ws_bench _load`` child."""
 
     def __init__(self, root: Path, spec: dict[str, Any], name: str, env: dict[str, str]) -> None:
-        spec_path = root / "load" / f"{name}.json"
-        spec_path.parent.mkdir(exist_ok=True)
-        spec_path.write_text(json.dumps(spec))
-        self.log_path = spec_path.with_suffix(".log")
-        with open(self.log_path, "ab") as log:
-            self.popen: subprocess.Popen[str] = subprocess.Popen(
-                [sys.executable, "-m", "bench.ws_bench", "_load", str(spec_path)],
-                cwd=ROOT,
-                env=env,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=log,
-                text=True,
-                start_new_session=True,
-            )
-
-    async def readline(self, what: str, timeout_s: float) -> str:
-        stdout = self.popen.stdout
-        assert stdout is not None
-        with trio.move_on_after(timeout_s):
-            line: str = await trio.to_thread.run_sync(stdout.readline, abandon_on_cancel=True)
-            if line:
-                return line
-        raise BenchError(
-            f"a load process gave no {what} (exit code {self.popen.poll()}); "
-            f"log {self.log_path}:\n{_tail(self.log_path)}"
-        )
+        super().__init__(root, spec, name, env, ("bench.ws_bench", "_load"))
 
     async def ready(self) -> dict[str, Any]:
         line = await self.readline("ready", LOAD_READY_TIMEOUT_S)
@@ -714,23 +600,6 @@ class LoadProcess:
             raise BenchError(f"a load process did not start: {line[:200]!r}; log {self.log_path}")
         ready: dict[str, Any] = json.loads(rest)
         return ready
-
-    def send(self, line: str) -> None:
-        stdin = self.popen.stdin
-        assert stdin is not None
-        try:
-            stdin.write(line)
-            stdin.flush()
-        except OSError as exc:
-            raise BenchError(f"a load process went away: {exc}") from exc
-
-    async def close(self) -> None:
-        with contextlib.suppress(OSError):
-            if self.popen.stdin is not None:
-                self.popen.stdin.close()
-        await stop_process(self.popen, signal.SIGKILL, 5)
-        if self.popen.stdout is not None:
-            self.popen.stdout.close()
 
 
 @dataclass
@@ -844,7 +713,13 @@ class Driver:
             self.requests.append(
                 (
                     climber.user_id,
-                    _post("/v1/scores/update", host, climber.access_token, body),
+                    http_request(
+                        "POST",
+                        "/v1/scores/update",
+                        host,
+                        f"Authorization: Bearer {climber.access_token}\r\n",
+                        body,
+                    ),
                 )
             )
         self.submissions: list[Submission] = []
@@ -863,7 +738,7 @@ class Driver:
                     when = begin + k / self.rate
                     if when >= end:
                         break
-                    await _sleep_until(when)
+                    await sleep_until(when)
                     submission = Submission(user_id, when)
                     self.submissions.append(submission)
                     nursery.start_soon(self._one, submission, request, pool_send, pool_receive)
@@ -889,11 +764,11 @@ class Driver:
             if status == 200:
                 submission.new_score = int(json.loads(body)["new_score"])
             else:
-                _sample(self.errors, f"{status}: {body[:200].decode('utf-8', 'replace')}")
+                sample_error(self.errors, f"{status}: {body[:200].decode('utf-8', 'replace')}")
             if close:
                 await connection.open()
         except (OSError, ConnectionLost, ValueError) as exc:
-            _sample(self.errors, f"connection error: {type(exc).__name__}: {exc}")
+            sample_error(self.errors, f"connection error: {type(exc).__name__}: {exc}")
             with contextlib.suppress(OSError):
                 await connection.open()
         finally:
@@ -968,8 +843,8 @@ async def run_fanout(ctx: Ctx, run: int) -> dict[str, Any]:
     rss_before = rss_kib(ctx.node.pid)
     tokens = [p.access_token for p in ctx.players]
     specs = []
-    for p, count in enumerate(_split(opts.clients, procs)):
-        first = sum(_split(opts.clients, procs)[:p])
+    for p, count in enumerate(split(opts.clients, procs)):
+        first = sum(split(opts.clients, procs)[:p])
         specs.append(
             {
                 "kind": "idle" if opts.idle else "fanout",
@@ -1002,9 +877,9 @@ async def run_fanout(ctx: Ctx, run: int) -> dict[str, Any]:
         async with trio.open_nursery() as nursery:
             if driver is not None:
                 nursery.start_soon(driver.run, start - opts.warmup, end)
-            await _sleep_until(start)
+            await sleep_until(start)
             cpu_before, wall_before = _sample_cpu(ctx, loads), time.monotonic()
-            await _sleep_until(end)
+            await sleep_until(end)
             cpu_after, wall_after = _sample_cpu(ctx, loads), time.monotonic()
             rss_end = rss_kib(ctx.node.pid)
         results = [
@@ -1057,11 +932,11 @@ async def run_fanout(ctx: Ctx, run: int) -> dict[str, Any]:
         "submissions_per_s": round(statuses.get("200", 0) / opts.seconds, 1),
         "non_200": {k: v for k, v in sorted(statuses.items()) if k != "200"},
         "driver_errors": dict(driver.errors),
-        "driver_late_ms_p99": _round(_percentile(lateness, 0.99)),
+        "driver_late_ms_p99": round2(percentile(lateness, 0.99)),
         "delivery_ms": {
-            "p50": _round(_percentile(latencies, 0.50)),
-            "p99": _round(_percentile(latencies, 0.99)),
-            "max": _round(latencies[-1] if latencies else None),
+            "p50": round2(percentile(latencies, 0.50)),
+            "p99": round2(percentile(latencies, 0.99)),
+            "max": round2(latencies[-1] if latencies else None),
         },
         "deliveries": len(latencies),
         **counts,
@@ -1088,7 +963,7 @@ async def run_ws_submit(ctx: Ctx, run: int) -> dict[str, Any]:
     budget = min(MAX_TOKEN_POOL, math.ceil(opts.token_rate * (opts.warmup + opts.seconds)))
     specs = []
     first = 0
-    for p, count in enumerate(_split(opts.sockets, procs)):
+    for p, count in enumerate(split(opts.sockets, procs)):
         mine = ctx.players[first : first + count]
         first += count
         specs.append(
@@ -1111,9 +986,9 @@ async def run_ws_submit(ctx: Ctx, run: int) -> dict[str, Any]:
         end = start + opts.seconds
         for load in loads:
             load.send(f"go {start!r} {end!r}\n")
-        await _sleep_until(start)
+        await sleep_until(start)
         cpu_before, wall_before = _sample_cpu(ctx, loads), time.monotonic()
-        await _sleep_until(end)
+        await sleep_until(end)
         cpu_after, wall_after = _sample_cpu(ctx, loads), time.monotonic()
         results = [
             json.loads(await load.readline("result", REQUEST_TIMEOUT_S + CLOSE_TIMEOUT_S + 60))
@@ -1152,9 +1027,9 @@ async def run_ws_submit(ctx: Ctx, run: int) -> dict[str, Any]:
         "errors": {k: v for k, v in sorted(codes.items()) if k != "ok"},
         "closed_early": dict(closed_early),
         "latency_ms": {
-            "p50": _round(_percentile(latencies, 0.50)),
-            "p99": _round(_percentile(latencies, 0.99)),
-            "max": _round(latencies[-1] if latencies else None),
+            "p50": round2(percentile(latencies, 0.50)),
+            "p99": round2(percentile(latencies, 0.99)),
+            "max": round2(latencies[-1] if latencies else None),
         },
         "cpu_s": cpu,
         "cpu_percent": {k: round(100 * v / window, 1) for k, v in cpu.items()},
@@ -1166,10 +1041,6 @@ async def run_ws_submit(ctx: Ctx, run: int) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- output
-
-
-def _fmt(value: float | None, spec: str = ".1f") -> str:
-    return "-" if value is None else format(value, spec)
 
 
 def _mib(kib: float | None) -> str:
@@ -1192,14 +1063,14 @@ def run_line(fig: dict[str, Any], repeat: int) -> str:
         line = (
             head + f"connected {fig['connected']}/{fig['clients']}  "
             f"ok/s {fig['accepted_per_s']:>8.1f}  errors {_codes_text(fig['errors'])}  "
-            f"p50 {_fmt(lat['p50'])} p99 {_fmt(lat['p99'])} max {_fmt(lat['max'])} ms  "
-            f"{cpu_text}  ok/node-cpu-s {_fmt(fig['per_node_cpu_s'], '.0f')}  "
-            f"ok/cpu-s(node+redis+pg) {_fmt(fig['per_cpu_s'], '.0f')}"
+            f"p50 {fmt(lat['p50'])} p99 {fmt(lat['p99'])} max {fmt(lat['max'])} ms  "
+            f"{cpu_text}  ok/node-cpu-s {fmt(fig['per_node_cpu_s'], '.0f')}  "
+            f"ok/cpu-s(node+redis+pg) {fmt(fig['per_cpu_s'], '.0f')}"
         )
     else:
         rss_text = (
             f"rss node {_mib(rss['before'])} -> {_mib(rss['connected'])} MiB "
-            f"({_fmt(fig['rss_kib_per_connection'])} KiB/conn)"
+            f"({fmt(fig['rss_kib_per_connection'])} KiB/conn)"
         )
         line = head + f"connected {fig['connected']}/{fig['clients']} in {fig['connect_s']} s  "
         if fig["phase"] == "idle":
@@ -1211,10 +1082,10 @@ def run_line(fig: dict[str, Any], repeat: int) -> str:
             d = fig["delivery_ms"]
             line += (
                 f"submits/s {fig['submissions_per_s']} (non-200 {_codes_text(fig['non_200'])})  "
-                f"delivery p50 {_fmt(d['p50'])} p99 {_fmt(d['p99'])} max {_fmt(d['max'])} ms  "
+                f"delivery p50 {fmt(d['p50'])} p99 {fmt(d['p99'])} max {fmt(d['max'])} ms  "
                 f"frames/s {fig['frames_per_s']:.0f} "
-                f"({_fmt(fig['frames_per_client_per_s'], '.2f')} per client)  "
-                f"frames/node-cpu-s {_fmt(fig['frames_per_node_cpu_s'], '.0f')}  "
+                f"({fmt(fig['frames_per_client_per_s'], '.2f')} per client)  "
+                f"frames/node-cpu-s {fmt(fig['frames_per_node_cpu_s'], '.0f')}  "
                 f"{rss_text}\n          {cpu_text}  deliveries {fig['deliveries']}, "
                 f"missed {fig['missed']}, never reflected {fig['never_reflected']}, "
                 f"before the ack {fig['negative']}, seq regressions {fig['seq_regressions']}"
@@ -1252,10 +1123,10 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     ]
     for key in scalar:
         if key in first:
-            row[key] = _median([r[key] for r in runs])
+            row[key] = median([r[key] for r in runs])
     for group in ("latency_ms", "delivery_ms", "cpu_percent", "rss_kib"):
         if group in first:
-            row[group] = {k: _median([r[group][k] for r in runs]) for k in first[group]}
+            row[group] = {k: median([r[group][k] for r in runs]) for k in first[group]}
     for key in ("errors", "non_200", "closed_early"):
         if key in first:
             total: Counter[str] = Counter()
@@ -1270,33 +1141,33 @@ def summary_text(row: dict[str, Any]) -> str:
         return ""
     cpu = row["cpu_percent"]
     cpu_text = (
-        f"cpu% node {_fmt(cpu['node'], '.0f')} redis {_fmt(cpu['redis'], '.0f')} "
-        f"pg {_fmt(cpu['postgres'], '.0f')} load {_fmt(cpu['load'], '.0f')} "
-        f"driver {_fmt(cpu['driver'], '.0f')}"
+        f"cpu% node {fmt(cpu['node'], '.0f')} redis {fmt(cpu['redis'], '.0f')} "
+        f"pg {fmt(cpu['postgres'], '.0f')} load {fmt(cpu['load'], '.0f')} "
+        f"driver {fmt(cpu['driver'], '.0f')}"
     )
     head = f"summary ({row['runs']} run(s), medians): {row['phase']} n={row['clients']}"
     if row["phase"] == "ws-submit":
         lat = row["latency_ms"]
         body = (
-            f"ok/s {_fmt(row['accepted_per_s'])}  ack p50 {_fmt(lat['p50'])} ms "
-            f"p99 {_fmt(lat['p99'])} ms  {cpu_text}  ok/node-cpu-s "
-            f"{_fmt(row['per_node_cpu_s'], '.0f')}  ok/cpu-s {_fmt(row['per_cpu_s'], '.0f')}  "
+            f"ok/s {fmt(row['accepted_per_s'])}  ack p50 {fmt(lat['p50'])} ms "
+            f"p99 {fmt(lat['p99'])} ms  {cpu_text}  ok/node-cpu-s "
+            f"{fmt(row['per_node_cpu_s'], '.0f')}  ok/cpu-s {fmt(row['per_cpu_s'], '.0f')}  "
             f"errors {_codes_text(row['errors'])}"
         )
     elif row["phase"] == "idle":
         rss = row["rss_kib"]
         body = (
-            f"connected {_fmt(row['connected'], '.0f')}  rss {_mib(rss['before'])} -> "
-            f"{_mib(rss['connected'])} MiB = {_fmt(row['rss_kib_per_connection'])} KiB/conn  "
+            f"connected {fmt(row['connected'], '.0f')}  rss {_mib(rss['before'])} -> "
+            f"{_mib(rss['connected'])} MiB = {fmt(row['rss_kib_per_connection'])} KiB/conn  "
             f"{cpu_text}"
         )
     else:
         d = row["delivery_ms"]
         body = (
-            f"delivery p50 {_fmt(d['p50'])} ms p99 {_fmt(d['p99'])} ms  "
-            f"frames/s {_fmt(row['frames_per_s'], '.0f')}  frames/node-cpu-s "
-            f"{_fmt(row['frames_per_node_cpu_s'], '.0f')}  rss/conn "
-            f"{_fmt(row['rss_kib_per_connection'])} KiB  {cpu_text}"
+            f"delivery p50 {fmt(d['p50'])} ms p99 {fmt(d['p99'])} ms  "
+            f"frames/s {fmt(row['frames_per_s'], '.0f')}  frames/node-cpu-s "
+            f"{fmt(row['frames_per_node_cpu_s'], '.0f')}  rss/conn "
+            f"{fmt(row['rss_kib_per_connection'])} KiB  {cpu_text}"
         )
     return head + "\n  " + body + "\n  cpu%: 100 = one core over the window"
 
@@ -1413,72 +1284,18 @@ async def bench(opts: Options, root: Path) -> dict[str, Any]:
     }
 
 
-async def _main_async(opts: Options, root: Path) -> dict[str, Any]:
-    terminated: list[bool] = []
-
-    async def watch(cancel: Callable[[], None]) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGHUP) as signals:
-            async for _ in signals:
-                terminated.append(True)
-                cancel()
-                return
-
-    result: dict[str, Any] = {}
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(watch, nursery.cancel_scope.cancel)
-        result = await bench(opts, root)
-        nursery.cancel_scope.cancel()
-    if terminated:
-        raise Terminated
-    return result
-
-
-def _print_report(report: dict[str, Any]) -> None:
-    print()
-    print(summary_text(report["summary"]))
-    log = report["node_log"]
-    bad = {k: v for k, v in log["levels"].items() if k not in ("info", "debug")}
-    print(
-        f"node log: {log['lines']} lines"
-        + (", " + ", ".join(f"{v} {k}" for k, v in sorted(bad.items())) if bad else ", no warnings")
-        + f"; node exit code {report['node_exit_code']}"
-    )
-    for line in log["notable"][:5]:
-        print(f"  {line}")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] == "_load":
         return load_main(args[1:])
     opts = parse_options(args)
-    if sys.platform != "linux":
-        print("bench: needs Linux (/proc for CPU and RSS figures)", file=sys.stderr)
-        return 2
-    root = Path(tempfile.mkdtemp(prefix="podium-wsbench-"))
-    try:
-        report = trio.run(_main_async, opts, root)
-    except BaseException as exc:
-        leaves = list(_leaves(exc))
-        if any(isinstance(leaf, BenchError) for leaf in leaves):
-            for leaf in leaves:
-                if isinstance(leaf, BenchError):
-                    print(f"bench: error: {leaf}", file=sys.stderr)
-            return 1
-        if leaves and all(isinstance(leaf, KeyboardInterrupt | Terminated) for leaf in leaves):
-            print("bench: stopped early; everything started was stopped", file=sys.stderr)
-            return 130 if isinstance(leaves[0], KeyboardInterrupt) else 143
-        raise
-    finally:
-        if opts.keep:
-            print(f"kept {root}", file=sys.stderr)
-        else:
-            shutil.rmtree(root, ignore_errors=True)
-    _print_report(report)
-    if opts.json is not None:
-        opts.json.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {opts.json}")
-    return 0
+    return run_bench(
+        bench,
+        opts,
+        needs="/proc for CPU and RSS figures",
+        prefix="podium-wsbench-",
+        summary=summary_text,
+    )
 
 
 if __name__ == "__main__":

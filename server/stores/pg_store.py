@@ -316,15 +316,15 @@ class PostgresStore:
         )
         for attempt in range(3):
             try:
-                async with self._pool.acquire() as conn, conn.transaction():
-                    return list(
-                        await conn.fetch(
-                            "SELECT * FROM podium_apply_scores($1::uuid[], $2::text[], "
-                            "$3::bigint[], $4::text[], $5::bytea[], $6::text[], $7::inet[], "
-                            "$8::text[])",
-                            *args,
-                        )
+                # One statement is one transaction: no BEGIN/COMMIT round trips.
+                return list(
+                    await self._pool.fetch(
+                        "SELECT * FROM podium_apply_scores($1::uuid[], $2::text[], "
+                        "$3::bigint[], $4::text[], $5::bytea[], $6::text[], $7::inet[], "
+                        "$8::text[])",
+                        *args,
                     )
+                )
             except asyncpg.DeadlockDetectedError:
                 # Only possible if two batches share a nonce in a different
                 # order; the transaction rolled back whole, so retrying is safe.

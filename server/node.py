@@ -18,6 +18,8 @@ import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Final
 
 import trio
 import trio_asyncio
@@ -49,6 +51,37 @@ async def migrate(database_url: str) -> tuple[int, ...]:
     """Apply pending migrations to ``database_url``; the versions applied now."""
     async with trio_asyncio.open_loop(), open_postgres(database_url, min_size=1, max_size=1) as pg:
         return await pg.apply_migrations(load_migrations())
+
+
+#: Figures the actors keep, exported at scrape time: (kind, metric, help, actor, field).
+_ACTOR_METRICS: Final = (
+    ("counter", "podium_ws_frames", "Leaderboard frames handed to WebSocket outboxes.",
+     "fanout", "frames"),
+    ("counter", "podium_ws_slow_closed", "WebSockets closed with 4508: their outbox was full.",
+     "fanout", "slow_closed"),
+    ("counter", "podium_pubsub_reconnects", "Times the pub/sub connection was re-established.",
+     "fanout", "reconnects"),
+    ("gauge", "podium_ws_watched_boards", "Leaderboards with local WebSocket watchers.",
+     "fanout", "boards"),
+    ("counter", "podium_ledger_batches", "PostgreSQL transactions the ledger committed.",
+     "ledger", "batches"),
+    ("counter", "podium_ledger_committed", "Submissions the ledger committed.",
+     "ledger", "committed"),
+    ("gauge", "podium_ledger_queue", "Submissions waiting for the ledger.",
+     "ledger", "queued"),
+    ("counter", "podium_ranking_batches", "Redis round trips the ranking actor made.",
+     "ranking", "batches"),
+    ("counter", "podium_ranking_rebuilds", "Rebuilds of the rankings from PostgreSQL.",
+     "ranking", "rebuilds"),
+    ("gauge", "podium_ranking_rebuilding", "1 while the rankings are being rebuilt.",
+     "ranking", "rebuilding"),
+    ("gauge", "podium_ranking_queue", "Requests waiting for the ranking actor.",
+     "ranking", "queued"),
+)  # fmt: skip
+
+
+def _statistic(actor: Any, field_name: str) -> float:
+    return float(getattr(actor.statistics(), field_name))
 
 
 def default_node_id() -> str:
@@ -286,51 +319,11 @@ class Node:
     def _export_statistics(
         self, ledger: LedgerActor, ranking: RankingActor, fanout: FanoutActor
     ) -> None:
-        m = self.metrics
-        m.counter_from(
-            "podium_ws_frames", "Leaderboard frames handed to WebSocket outboxes.",
-            lambda: fanout.statistics().frames,
-        )  # fmt: skip
-        m.counter_from(
-            "podium_ws_slow_closed", "WebSockets closed with 4508 because their outbox was full.",
-            lambda: fanout.statistics().slow_closed,
-        )  # fmt: skip
-        m.counter_from(
-            "podium_pubsub_reconnects", "Times the pub/sub connection was re-established.",
-            lambda: fanout.statistics().reconnects,
-        )  # fmt: skip
-        m.gauge_from(
-            "podium_ws_watched_boards", "Leaderboards with local WebSocket watchers.",
-            lambda: fanout.statistics().boards,
-        )  # fmt: skip
-        m.counter_from(
-            "podium_ledger_batches", "PostgreSQL transactions the ledger committed.",
-            lambda: ledger.statistics().batches,
-        )  # fmt: skip
-        m.counter_from(
-            "podium_ledger_committed", "Submissions the ledger committed.",
-            lambda: ledger.statistics().committed,
-        )  # fmt: skip
-        m.gauge_from(
-            "podium_ledger_queue", "Submissions waiting for the ledger.",
-            lambda: ledger.statistics().queued,
-        )  # fmt: skip
-        m.counter_from(
-            "podium_ranking_batches", "Redis round trips the ranking actor made.",
-            lambda: ranking.statistics().batches,
-        )  # fmt: skip
-        m.counter_from(
-            "podium_ranking_rebuilds", "Rebuilds of the rankings from PostgreSQL.",
-            lambda: ranking.statistics().rebuilds,
-        )  # fmt: skip
-        m.gauge_from(
-            "podium_ranking_rebuilding", "1 while the rankings are being rebuilt.",
-            lambda: float(ranking.statistics().rebuilding),
-        )  # fmt: skip
-        m.gauge_from(
-            "podium_ranking_queue", "Requests waiting for the ranking actor.",
-            lambda: ranking.statistics().queued,
-        )  # fmt: skip
+        actors = {"ledger": ledger, "ranking": ranking, "fanout": fanout}
+        for kind, name, doc, actor, field_name in _ACTOR_METRICS:
+            read = partial(_statistic, actors[actor], field_name)
+            export = self.metrics.counter_from if kind == "counter" else self.metrics.gauge_from
+            export(name, doc, read)
 
     async def _supervise(
         self,

@@ -94,6 +94,7 @@ CODES: Final[dict[str, tuple[int, str]]] = {
     "overloaded": (503, "too much work is queued"),
     "unavailable": (503, "reading ranks failed"),
     "commit_timeout": (503, "not committed in time; retrying the same token is safe"),
+    "commit_failed": (503, "the batch could not be committed and was rolled back whole"),
     "not_ready": (503, "the node is not ready"),
 }
 
@@ -308,7 +309,8 @@ def _operations(max_limit: int) -> list[tuple[str, str, Json]]:
         "body": "ScoreUpdate",
         "ok": ("Committed", "ScoreAck"),
         "errors": f"{_JWT} unknown_user {_BODY} {_TOKEN_CHECKS} user_banned leaderboard_not_found "
-        f"action_token_used delta_out_of_range score_out_of_range commit_timeout overloaded "
+        f"action_token_used delta_out_of_range score_out_of_range commit_timeout commit_failed "
+        "overloaded "
         f"{_POSTGRES}",
         "description": "Verifies the action token (docs/action-tokens.md), commits it exactly "
         "once and answers with the new score and rank. After a 503 retrying the same token is "

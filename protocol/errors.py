@@ -103,6 +103,7 @@ HTTP_STATUS: Final[dict[type[PodiumError], int]] = {
 }
 
 INTERNAL_ERROR_CODE: Final = "internal_error"
+INTERNAL_ERROR_MESSAGE: Final = "internal error; it has been logged"
 
 
 def http_status(error: PodiumError) -> int:
@@ -116,3 +117,14 @@ def http_status(error: PodiumError) -> int:
 def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
     """The error body shared by HTTP and WebSocket: ``{"error": {code, message}}``."""
     return {"error": {"code": code, "message": message}}
+
+
+def error_reply(
+    error: PodiumError,
+) -> tuple[int, dict[str, dict[str, str]], dict[str, str]]:
+    """What an HTTP edge answers ``error`` with: (status, body, extra headers)."""
+    headers: dict[str, str] = {}
+    retry_after = getattr(error, "retry_after_s", None)
+    if retry_after is not None:
+        headers["Retry-After"] = str(max(1, round(retry_after)))
+    return http_status(error), error_body(error.code, error.message), headers

@@ -24,10 +24,11 @@ from urllib.parse import parse_qsl
 
 from protocol.errors import (
     INTERNAL_ERROR_CODE,
+    INTERNAL_ERROR_MESSAGE,
     PayloadTooLarge,
     PodiumError,
     error_body,
-    http_status,
+    error_reply,
 )
 from server.http_api import ROUTES, ApiRequest, Route, V1Api
 
@@ -111,18 +112,16 @@ class FastPath:
             content_length=int(length) if length and length.isdigit() else None,
             body=body,
         )
-        extra: list[tuple[bytes, bytes]] = []
+        extra: dict[str, str] = {}
+        payload: dict[str, Any]
         try:
             status, payload = route.status, await handler(request)
         except PodiumError as exc:
-            status, payload = http_status(exc), error_body(exc.code, exc.message)
-            retry_after = getattr(exc, "retry_after_s", None)
-            if retry_after is not None:
-                extra.append((b"retry-after", str(max(1, round(retry_after))).encode()))
+            status, payload, extra = error_reply(exc)
         except Exception as exc:
             log.error("unhandled error in request", exc_info=exc, extra={"path": scope["path"]})
             status = 500
-            payload = error_body(INTERNAL_ERROR_CODE, "internal error; it has been logged")
+            payload = error_body(INTERNAL_ERROR_CODE, INTERNAL_ERROR_MESSAGE)
         data = json.dumps(payload, separators=(",", ":")).encode()
         await send(
             {
@@ -131,7 +130,7 @@ class FastPath:
                 "headers": [
                     *_JSON_HEADERS,
                     (b"content-length", str(len(data)).encode()),
-                    *extra,
+                    *((name.lower().encode(), value.encode()) for name, value in extra.items()),
                 ],
             }
         )

@@ -19,7 +19,13 @@ from quart import Response, jsonify, request, send_from_directory
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from protocol.errors import INTERNAL_ERROR_CODE, PodiumError, error_body, http_status
+from protocol.errors import (
+    INTERNAL_ERROR_CODE,
+    INTERNAL_ERROR_MESSAGE,
+    PodiumError,
+    error_body,
+    error_reply,
+)
 
 if TYPE_CHECKING:
     from server.node import NodeServices
@@ -63,10 +69,10 @@ def create_app(services: NodeServices) -> QuartTrio:
 
     @app.errorhandler(PodiumError)
     async def _podium_error(error: PodiumError) -> Response:
-        response = _error_response(http_status(error), error.code, error.message)
-        retry_after = getattr(error, "retry_after_s", None)
-        if retry_after is not None:
-            response.headers["Retry-After"] = str(max(1, round(retry_after)))
+        status, body, headers = error_reply(error)
+        response = jsonify(body)
+        response.status_code = status
+        response.headers.update(headers)
         return response
 
     @app.errorhandler(HTTPException)
@@ -79,7 +85,7 @@ def create_app(services: NodeServices) -> QuartTrio:
     @app.errorhandler(Exception)
     async def _unexpected(error: Exception) -> Response:
         log.error("unhandled error in request", exc_info=error)
-        return _error_response(500, INTERNAL_ERROR_CODE, "internal error; it has been logged")
+        return _error_response(500, INTERNAL_ERROR_CODE, INTERNAL_ERROR_MESSAGE)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:

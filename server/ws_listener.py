@@ -15,6 +15,7 @@ carry on.
 
 from __future__ import annotations
 
+import json
 import logging
 from functools import partial
 
@@ -22,6 +23,7 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
 
 from actors.connection import ConnectionActor, ConnectionContext
+from protocol.errors import error_body
 from protocol.messages import CloseCode
 from server.metrics import NodeMetrics
 
@@ -97,10 +99,17 @@ class WsListener:
         with trio.move_on_after(_CLOSE_TIMEOUT_S):
             await connection.aclose(code, reason)
 
+    async def _reject(
+        self, request: WebSocketRequest, status: int, reason: str, code: str, message: str
+    ) -> None:
+        """Refuse a handshake with the shared error body, counted by ``reason``."""
+        self._metrics.ws_rejected_total.labels(reason).inc()
+        body = json.dumps(error_body(code, message), separators=(",", ":")).encode()
+        await request.reject(status, body=body)
+
     async def _handle(self, request: WebSocketRequest) -> None:
         if request.path.split("?", 1)[0] != WS_PATH:
-            self._metrics.ws_rejected_total.labels("not_found").inc()
-            await request.reject(404, body=b'{"error":{"code":"not_found","message":"use /v1/ws"}}')
+            await self._reject(request, 404, "not_found", "not_found", "use /v1/ws")
             return
         headers = {
             name.decode("latin-1").lower(): value.decode("latin-1")
@@ -112,17 +121,11 @@ class WsListener:
             and origin is not None
             and origin.rstrip("/") not in self._origins
         ):
-            self._metrics.ws_rejected_total.labels("origin").inc()
-            await request.reject(
-                403, body=b'{"error":{"code":"origin_not_allowed","message":"origin not allowed"}}'
-            )
+            await self._reject(request, 403, "origin", "origin_not_allowed", "origin not allowed")
             return
         if self._draining.is_set() or len(self._connections) >= self._settings.ws_max_connections:
             reason = "draining" if self._draining.is_set() else "too_many_connections"
-            self._metrics.ws_rejected_total.labels(reason).inc()
-            await request.reject(
-                503, body=b'{"error":{"code":"unavailable","message":"' + reason.encode() + b'"}}'
-            )
+            await self._reject(request, 503, reason, "unavailable", reason)
             return
         connection = await request.accept()
         if self._draining.is_set():

@@ -264,14 +264,14 @@ class RankingActor:
         try:
             results = await self._redis.pipeline(commands)
         except Unavailable as exc:
-            self._fail(plan, exc)
+            self._fail(plan, exc, catch_up=True)
             return
         self._counters.batches += 1
         epoch, position = results[0], 1
         if epoch is None:
             # Redis lost its data (a restart or FLUSHALL): whatever this batch
             # read is wrong, and ranks of what it applied mean nothing yet.
-            self._fail_empty(plan)
+            self._fail(plan, _rebuilding(), catch_up=False)
         else:
             for target, slots in plan:
                 self._answer(
@@ -336,11 +336,18 @@ class RankingActor:
                 for request in target.requests:
                     answer(request.reply, outcome.Value(entries))
 
-    def _fail(self, plan: list[tuple[Any, int]], error: Unavailable) -> None:
+    def _fail(self, plan: list[tuple[Any, int]], error: Unavailable, *, catch_up: bool) -> None:
+        """Answer a batch whose results cannot be used.
+
+        Applies were committed in PostgreSQL: they are acknowledged without a
+        rank (and, with ``catch_up``, applied again once Redis answers; after a
+        flush the rebuild does that). Nonce claims get ``error``, which the
+        score path treats as "claimed" — PostgreSQL still refuses a reuse.
+        """
         for target, _ in plan:
             if isinstance(target, list):
-                # Committed in PostgreSQL: acknowledge without a rank, catch up later.
-                self._note_missed()
+                if catch_up:
+                    self._note_missed()
                 for request in target:
                     answer(request.reply, outcome.Value((request.result, None)))
             elif isinstance(target, _ReadGroup):
@@ -348,20 +355,6 @@ class RankingActor:
                     answer(request.reply, outcome.Error(error))
             else:
                 answer(target.reply, outcome.Error(error))
-
-    def _fail_empty(self, plan: list[tuple[Any, int]]) -> None:
-        for target, _ in plan:
-            if isinstance(target, list):
-                for request in target:
-                    answer(request.reply, outcome.Value((request.result, None)))
-            elif isinstance(target, _ReadGroup):
-                for request in target.requests:
-                    answer(request.reply, outcome.Error(_rebuilding()))
-            elif isinstance(target, _Nonce):
-                # The claim itself went through (SET NX on an empty Redis).
-                answer(target.reply, outcome.Value(True))
-            else:
-                answer(target.reply, outcome.Error(_rebuilding()))
 
     def _note_missed(self) -> None:
         if self._missed_since is None:

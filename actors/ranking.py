@@ -29,7 +29,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, NamedTuple
 
 import outcome
 import trio
@@ -48,6 +48,15 @@ _REBUILD_LOCK_TTL_S: Final = 120
 _IDLE_CHECK_S: Final = 1.0
 
 
+class BoardKeys(NamedTuple):
+    """One board period's keys (see ``lua/apply_records.lua``)."""
+
+    ranked: str  # zset: score -> member
+    meta: str  # hash: user -> version|member|username
+    seq: str  # publication sequence number
+    hidden: str  # hash: hidden user -> score
+
+
 class Keys:
     """Redis key and channel names. A board period's keys share a hash tag (Redis Cluster)."""
 
@@ -56,9 +65,9 @@ class Keys:
         self.epoch = f"{prefix}:epoch"
         self.rebuild_lock = f"{prefix}:rebuild-lock"
 
-    def board(self, board_id: str, period: int, *, suffix: str = "") -> tuple[str, str, str]:
+    def board(self, board_id: str, period: int, *, suffix: str = "") -> BoardKeys:
         tag = f"{self.prefix}:lb:{{{board_id}:{period}}}"
-        return f"{tag}:z{suffix}", f"{tag}:m{suffix}", f"{tag}:seq"
+        return BoardKeys(f"{tag}:z{suffix}", f"{tag}:m{suffix}", f"{tag}:seq", f"{tag}:h{suffix}")
 
     def channel(self, board_id: str) -> str:
         return f"{self.prefix}:lb:{board_id}:updates"
@@ -101,11 +110,30 @@ class _Snapshot:
 
 
 @dataclass(slots=True)
+class _Visibility:
+    user_id: str
+    hidden: bool
+    reply: Reply
+
+
+@dataclass(slots=True)
+class _Commands:
+    commands: list[Command]
+    reply: Reply
+
+
+@dataclass(slots=True)
+class _RebuildBoard:
+    board: Board
+    reply: Reply
+
+
+@dataclass(slots=True)
 class _ReadGroup:
     requests: list[_Read]
 
 
-_Request = _Apply | _Nonce | _Read | _Snapshot
+_Request = _Apply | _Nonce | _Read | _Snapshot | _Visibility | _Commands | _RebuildBoard
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,8 +248,11 @@ class RankingActor:
         for request in batch:
             if isinstance(request, _Apply):
                 applies[(request.state.leaderboard, request.state.period)].append(request)
-        for group in applies.values():
-            commands.append(self._apply_script(group))
+        for (board_id, period), group in applies.items():
+            first = group[0].state
+            commands.append(
+                self._apply_script(board_id, period, first.descending, [r.state for r in group])
+            )
             plan.append((group, 1))
         for request in batch:
             if isinstance(request, _Nonce):
@@ -236,11 +267,15 @@ class RankingActor:
                     answer(request.reply, outcome.Error(_rebuilding()))
                     continue
                 board = request.board
-                z, m, seq = self._keys.board(board.id, board.current_period)
+                keys = self._keys.board(board.id, board.current_period)
                 desc = "1" if board.descending else "0"
-                commands.append(("GET", seq))
+                commands.append(("GET", keys.seq))
                 commands.append(
-                    Script("read_board", [z, m], [desc, "range", "0", str(request.top)])
+                    Script(
+                        "read_board",
+                        [keys.ranked, keys.meta, keys.hidden],
+                        [desc, "range", "0", str(request.top)],
+                    )
                 )
                 plan.append((request, 2))
             elif isinstance(request, _Read):
@@ -255,12 +290,32 @@ class RankingActor:
                 )
                 same.append(request)
                 if len(same) == 1:
-                    z, m, _ = self._keys.board(board.id, board.current_period)
+                    keys = self._keys.board(board.id, board.current_period)
                     desc = "1" if board.descending else "0"
                     commands.append(
-                        Script("read_board", [z, m], [desc, request.mode, *request.args])
+                        Script(
+                            "read_board",
+                            [keys.ranked, keys.meta, keys.hidden],
+                            [desc, request.mode, *request.args],
+                        )
                     )
                     plan.append((_ReadGroup(same), 1))
+            elif isinstance(request, _Visibility):
+                change = ("hide" if request.hidden else "show", request.user_id)
+                scripts = [
+                    self._apply_script(
+                        board.id, board.current_period, board.descending, [], change=change
+                    )
+                    for board in self._boards()
+                ]
+                commands += scripts
+                plan.append((request, len(scripts)))
+            elif isinstance(request, _Commands):
+                commands += request.commands
+                plan.append((request, len(request.commands)))
+            elif isinstance(request, _RebuildBoard):
+                assert self._nursery is not None
+                self._nursery.start_soon(self._rebuild_one, request)
         try:
             results = await self._redis.pipeline(commands)
         except Unavailable as exc:
@@ -276,7 +331,9 @@ class RankingActor:
             for target, slots in plan:
                 self._answer(
                     target,
-                    results[position] if slots == 1 else results[position : position + slots],
+                    results[position]
+                    if slots == 1 and not isinstance(target, _Visibility | _Commands)
+                    else results[position : position + slots],
                 )
                 position += slots
         if epoch is None and not self._rebuilding:
@@ -287,19 +344,26 @@ class RankingActor:
             self._nursery.start_soon(self._catch_up_task, since)
         self._epoch = epoch
 
-    def _apply_script(self, group: list[_Apply]) -> Script:
-        first = group[0].state
-        z, m, seq = self._keys.board(first.leaderboard, first.period)
-        args: list[str | int] = [
-            "1" if first.descending else "0",
+    def _apply_script(
+        self,
+        board_id: str,
+        period: int,
+        descending: bool,
+        states: Sequence[RecordState],
+        *,
+        change: tuple[str, str] = ("", ""),
+    ) -> Script:
+        """Apply ``states`` to a board period; ``change`` hides or shows a user first."""
+        args: list[str | int | float | bytes] = [
+            "1" if descending else "0",
             self._top_n,
-            self._keys.channel(first.leaderboard),
-            first.leaderboard,
+            self._keys.channel(board_id),
+            board_id,
+            *change,
         ]
-        for request in group:
-            state = request.state
+        for state in states:
             args += [state.user_id, state.score, state.member, state.version, state.username]
-        return Script("apply_records", [z, m, seq], args)
+        return Script("apply_records", self._keys.board(board_id, period), args)
 
     def _answer(self, target: Any, result: Any) -> None:
         if isinstance(target, list):  # a group of applies
@@ -325,6 +389,15 @@ class RankingActor:
                 answer(target.reply, outcome.Error(Unavailable("reading ranks failed")))
             else:
                 answer(target.reply, outcome.Value((int(seq or 0), _entries(rows))))
+        elif isinstance(target, _Visibility):
+            failed = [r for r in result if isinstance(r, CommandError)]
+            if failed:
+                log.error("changing a user's visibility failed: %s", failed[0].message)
+                answer(target.reply, outcome.Error(Unavailable("updating the rankings failed")))
+            else:
+                answer(target.reply, outcome.Value(None))
+        elif isinstance(target, _Commands):
+            answer(target.reply, outcome.Value(result))
         elif isinstance(target, _ReadGroup):
             # An Outcome unwraps once: each waiter gets its own.
             if isinstance(result, CommandError):
@@ -395,10 +468,11 @@ class RankingActor:
         started = time.monotonic()
         since = await self._postgres.now() - _CATCH_UP_MARGIN
         total = 0
+        hidden = await self._postgres.hidden_users()
         boards = list(self._boards())
         log.info("rebuilding rankings from postgres", extra={"reason": why, "boards": len(boards)})
         for board in boards:
-            count = await self._rebuild_board(board)
+            count = await self._rebuild_board(board, hidden)
             total += count
             log.info("leaderboard rebuilt", extra={"leaderboard": board.id, "records": count})
         await self._catch_up(since)
@@ -413,33 +487,60 @@ class RankingActor:
             extra={"records": total, "seconds": round(time.monotonic() - started, 3)},
         )
 
-    async def _rebuild_board(self, board: Board) -> int:
-        z, m, seq = self._keys.board(board.id, board.current_period)
-        tmp_z, tmp_m, _ = self._keys.board(board.id, board.current_period, suffix=":rebuild")
-        await self._redis.pipeline([("DEL", tmp_z, tmp_m)])
+    async def _rebuild_board(self, board: Board, hidden: frozenset[str]) -> int:
+        """Rebuild one board period from PostgreSQL beside the live keys, then swap them in.
+
+        ``hidden`` users (banned or shadow-banned) keep their records but are not ranked.
+        """
+        live = self._keys.board(board.id, board.current_period)
+        tmp = self._keys.board(board.id, board.current_period, suffix=":rebuild")
+        await self._redis.pipeline([("DEL", tmp.ranked, tmp.meta, tmp.hidden)])
         after: str | None = None
         count = 0
+        hidden_scores: dict[str, str] = dict.fromkeys(hidden, "")
         while True:
             page = await self._postgres.records_page(board, after_user=after, limit=_REBUILD_PAGE)
             if not page:
                 break
-            zadd: list[Any] = ["ZADD", tmp_z]
-            hset: list[Any] = ["HSET", tmp_m]
+            zadd: list[Any] = ["ZADD", tmp.ranked]
+            hset: list[Any] = ["HSET", tmp.meta]
             for state in page:
-                zadd += [state.score, state.member]
+                if state.user_id in hidden:
+                    hidden_scores[state.user_id] = str(state.score)
+                else:
+                    zadd += [state.score, state.member]
                 hset += [state.user_id, f"{state.version}|{state.member}|{state.username}"]
-            await self._redis.pipeline([tuple(zadd), tuple(hset)])
+            await self._redis.pipeline(
+                [tuple(zadd), tuple(hset)] if len(zadd) > 2 else [tuple(hset)]
+            )
             count += len(page)
             after = page[-1].user_id
+        commands: list[Command] = []
+        if hidden_scores:
+            flat = [item for pair in hidden_scores.items() for item in pair]
+            commands.append(("HSET", tmp.hidden, *flat))
         # A sequence number that keeps growing across a flush: never below now in µs.
-        floor = time.time_ns() // 1000
-        commands: list[Command] = [("SET", seq, floor, "NX")]
-        if count:
-            commands += [("RENAME", tmp_z, z), ("RENAME", tmp_m, m)]
-        else:
-            commands += [("DEL", z, m)]
+        commands.append(("SET", live.seq, time.time_ns() // 1000, "NX"))
+        for tmp_key, live_key in zip(
+            (tmp.ranked, tmp.meta, tmp.hidden), (live.ranked, live.meta, live.hidden), strict=True
+        ):
+            commands.append(Script("swap_key", [tmp_key, live_key], []))
         await self._redis.pipeline(commands)
         return count
+
+    async def _rebuild_one(self, request: _RebuildBoard) -> None:
+        """Rebuild one board while it stays in service (reads see the old ranks until the swap)."""
+        try:
+            since = await self._postgres.now() - _CATCH_UP_MARGIN
+            count = await self._rebuild_board(request.board, await self._postgres.hidden_users())
+            await self._catch_up(since)
+        except Unavailable as exc:
+            answer(request.reply, outcome.Error(exc))
+        else:
+            log.info(
+                "leaderboard rebuilt", extra={"leaderboard": request.board.id, "records": count}
+            )
+            answer(request.reply, outcome.Value(count))
 
     async def _catch_up_task(self, since: dt.datetime) -> None:
         try:
@@ -456,7 +557,14 @@ class RankingActor:
                 _Apply(state=state, result=LedgerResult(status="ok"), reply=None)
             )
         if groups:
-            await self._redis.pipeline([self._apply_script(group) for group in groups.values()])
+            await self._redis.pipeline(
+                [
+                    self._apply_script(
+                        board_id, period, group[0].state.descending, [r.state for r in group]
+                    )
+                    for (board_id, period), group in groups.items()
+                ]
+            )
             log.info("caught up from postgres", extra={"records": len(changed)})
 
 
@@ -495,10 +603,10 @@ class RankingClient:
         except trio.WouldBlock:
             raise Unavailable("the ranking queue is full", code="overloaded") from None
 
-    async def _ask(self, make: Callable[[Reply], _Request]) -> Any:
+    async def _ask(self, make: Callable[[Reply], _Request], timeout_s: float | None = None) -> Any:
         send, receive = trio.open_memory_channel[outcome.Outcome[Any]](1)
         self._put(make(send))
-        with trio.move_on_after(self._timeout_s):
+        with trio.move_on_after(timeout_s or self._timeout_s):
             return (await receive.receive()).unwrap()
         raise Unavailable("the ranking actor did not answer in time", code="ranking_timeout")
 
@@ -539,6 +647,29 @@ class RankingClient:
             lambda reply: _Snapshot(board, top, reply)
         )
         return answer
+
+    async def set_hidden(self, user_id: str, hidden: bool) -> None:
+        """Take a user off every board's ranking (``hidden``) or put them back.
+
+        A hidden user's records are kept and still updated; only the user
+        themselves can read them (:meth:`users`), with the rank they would have.
+        """
+        await self._ask(lambda reply: _Visibility(user_id, hidden, reply))
+
+    async def rebuild_board(self, board: Board) -> int:
+        """Rebuild ``board``'s ranking from PostgreSQL, staying in service; the record count."""
+        count: int = await self._ask(lambda reply: _RebuildBoard(board, reply), timeout_s=120.0)
+        return count
+
+    async def run(self, commands: Sequence[Command]) -> list[Any]:
+        """Run ``commands`` in the actor's next pipeline; their raw results, one each.
+
+        For other actors' own keys (fraud signals, rate limits): Redis stays
+        reached through one actor, and their commands share its round trips.
+        A failed command's slot holds a CommandError.
+        """
+        results: list[Any] = await self._ask(lambda reply: _Commands(list(commands), reply))
+        return results
 
     async def around(self, board: Board, user_id: str, radius: int) -> list[Entry]:
         entries: list[Entry] = await self._ask(

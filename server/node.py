@@ -165,6 +165,8 @@ class Node:
         self._stop = trio.Event()
         self._draining = trio.Event()
         self._supervisor: Supervisor | None = None
+        #: What the edges share, once :meth:`run` has made it (tests and tools reach in here).
+        self.services: NodeServices | None = None
         self.metrics.watch_supervisor(
             lambda: self._supervisor.statistics() if self._supervisor else None
         )
@@ -278,6 +280,7 @@ class Node:
                 metrics=self.metrics,
             )
             catalog.watch_revocations(listener.session_revoked)
+            self.services = services
             app = create_app(services)
             asgi = FastPath(
                 app, app.extensions["podium.v1"], max_body_bytes=settings.http_max_body_bytes

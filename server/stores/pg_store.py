@@ -240,6 +240,13 @@ class PostgresStore:
         )
         return [_state(board.id, board.current_period, board.descending, row) for row in rows]
 
+    async def hidden_users(self) -> frozenset[str]:
+        """Users nobody else may see on a board: banned or shadow-banned."""
+        rows = await self._call(
+            self._pool.fetch, "SELECT id::text AS id FROM users WHERE status <> 'active'"
+        )
+        return frozenset(row["id"] for row in rows)
+
     async def records_changed_since(self, since: dt.datetime) -> list[tuple[str, RecordState]]:
         """(leaderboard, state) of every current-period record changed after ``since``."""
         rows = await self._call(

@@ -3,18 +3,24 @@
 -- KEYS[1] zset   score -> member "<tiebreak hex>:<user_id>"
 -- KEYS[2] hash   user_id -> "<version>|<member>|<username>"
 -- KEYS[3] string publication sequence number
+-- KEYS[4] hash   user_id -> score of a hidden (banned or shadow-banned) user, "" if no record
 -- ARGV[1] "1" for a descending board, "0" for ascending
 -- ARGV[2] how many top entries to publish
 -- ARGV[3] the pub/sub channel
 -- ARGV[4] the leaderboard id (for the published message)
--- ARGV[5..] groups of 5: user_id, score, member, version, username
+-- ARGV[5] "" or a visibility change: "hide" or "show"
+-- ARGV[6] the user whose visibility changes ("" if none)
+-- ARGV[7..] groups of 5: user_id, score, member, version, username
 --
 -- A state is applied only if its version is newer than the one held, so
 -- states may arrive in any order, twice, or after a rebuild: Redis converges
--- on PostgreSQL's latest. Returns {seq, rank_1, rank_2, ...} with 0-based
--- ranks after the whole batch (-1 if the user has no record here).
+-- on PostgreSQL's latest. A hidden user's record is kept (its version and
+-- score) but not ranked, so nobody else sees it; showing the user ranks it
+-- again. Returns {seq, rank_1, rank_2, ...} with 0-based ranks after the whole
+-- batch (-1 if the user has no ranked record here).
 local desc = ARGV[1] == '1'
 local top_n = tonumber(ARGV[2])
+local FIRST = 7
 
 local function parse(meta)
     local a = string.find(meta, '|', 1, true)
@@ -23,7 +29,36 @@ local function parse(meta)
 end
 
 local applied = 0
-for i = 5, #ARGV, 5 do
+local change, changed_user = ARGV[5], ARGV[6]
+if change ~= '' then
+    local held = redis.call('HGET', KEYS[2], changed_user)
+    local member = nil
+    if held then
+        local _
+        _, member = parse(held)
+    end
+    if change == 'hide' then
+        if redis.call('HEXISTS', KEYS[4], changed_user) == 0 then
+            local score = member and redis.call('ZSCORE', KEYS[1], member)
+            redis.call('HSET', KEYS[4], changed_user, score or '')
+            if score then
+                redis.call('ZREM', KEYS[1], member)
+                applied = applied + 1
+            end
+        end
+    else
+        local score = redis.call('HGET', KEYS[4], changed_user)
+        if score then
+            redis.call('HDEL', KEYS[4], changed_user)
+            if member and score ~= '' then
+                redis.call('ZADD', KEYS[1], score, member)
+                applied = applied + 1
+            end
+        end
+    end
+end
+
+for i = FIRST, #ARGV, 5 do
     local user, score, member, version, name = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3]), ARGV[i + 4]
     local held = redis.call('HGET', KEYS[2], user)
     local held_version, held_member = 0, nil
@@ -31,12 +66,16 @@ for i = 5, #ARGV, 5 do
         held_version, held_member = parse(held)
     end
     if version > held_version then
-        if held_member and held_member ~= member then
-            redis.call('ZREM', KEYS[1], held_member)
-        end
-        redis.call('ZADD', KEYS[1], score, member)
         redis.call('HSET', KEYS[2], user, version .. '|' .. member .. '|' .. name)
-        applied = applied + 1
+        if redis.call('HEXISTS', KEYS[4], user) == 1 then
+            redis.call('HSET', KEYS[4], user, score)
+        else
+            if held_member and held_member ~= member then
+                redis.call('ZREM', KEYS[1], held_member)
+            end
+            redis.call('ZADD', KEYS[1], score, member)
+            applied = applied + 1
+        end
     end
 end
 
@@ -66,7 +105,7 @@ if applied > 0 then
 end
 result[1] = seq
 
-for i = 5, #ARGV, 5 do
+for i = FIRST, #ARGV, 5 do
     local held = redis.call('HGET', KEYS[2], ARGV[i])
     local rank = false
     if held then

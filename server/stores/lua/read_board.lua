@@ -1,6 +1,6 @@
 -- Read a leaderboard period: a range of ranks, the ranks around a user, or given users.
 --
--- KEYS[1] zset, KEYS[2] hash (see apply_records.lua)
+-- KEYS[1] zset, KEYS[2] hash, KEYS[3] hidden users' hash (see apply_records.lua)
 -- ARGV[1] "1" descending, "0" ascending
 -- ARGV[2] mode: "range" | "around" | "users"
 --   range:  ARGV[3] first rank (0-based), ARGV[4] count, ARGV[5] optional anchor user:
@@ -9,7 +9,9 @@
 --   users:  ARGV[3..] user ids
 -- Returns a flat list of {rank0, user_id, username, score} quadruples
 -- (score as a string), in rank order for range/around, argument order for users
--- (users without a record are left out).
+-- (users without a record are left out). A hidden user is in no range, but
+-- "users" still answers for them with the rank their score would have, so a
+-- shadow-banned player sees their own score as if nothing happened.
 local desc = ARGV[1] == '1'
 local mode = ARGV[2]
 
@@ -83,11 +85,26 @@ else
         if held then
             local _, member, name = parse(held)
             local r = rank_of(member)
+            local score = nil
             if r then
+                score = redis.call('ZSCORE', KEYS[1], member)
+            else
+                score = redis.call('HGET', KEYS[3], ARGV[i])
+                if score and score ~= '' then
+                    if desc then
+                        r = redis.call('ZCOUNT', KEYS[1], '(' .. score, '+inf')
+                    else
+                        r = redis.call('ZCOUNT', KEYS[1], '-inf', '(' .. score)
+                    end
+                else
+                    score = nil
+                end
+            end
+            if score then
                 out[#out + 1] = r
                 out[#out + 1] = ARGV[i]
                 out[#out + 1] = name
-                out[#out + 1] = redis.call('ZSCORE', KEYS[1], member)
+                out[#out + 1] = score
             end
         end
     end

@@ -119,7 +119,7 @@ class _Visibility:
 @dataclass(slots=True)
 class _Commands:
     commands: list[Command]
-    reply: Reply
+    reply: Reply | None
 
 
 @dataclass(slots=True)
@@ -670,6 +670,11 @@ class RankingClient:
         """
         results: list[Any] = await self._ask(lambda reply: _Commands(list(commands), reply))
         return results
+
+    def run_nowait(self, commands: Sequence[Command]) -> None:
+        """Run ``commands`` in a coming pipeline, without waiting or an answer (best effort)."""
+        with contextlib.suppress(trio.WouldBlock):
+            self._inbox.send_nowait(_Commands(list(commands), None))
 
     async def around(self, board: Board, user_id: str, radius: int) -> list[Entry]:
         entries: list[Entry] = await self._ask(

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import math
 import re
 import tomllib
@@ -283,6 +284,43 @@ def _paths() -> _Kind:
         raise _Invalid
 
     return _Kind("str", "comma-separated file paths", convert)
+
+
+def _networks() -> _Kind:
+    def convert(raw: object) -> str:
+        if not isinstance(raw, str):
+            raise _Invalid
+        try:
+            for part in raw.split(","):
+                if part.strip():
+                    ipaddress.ip_network(part.strip(), strict=False)
+        except ValueError:
+            raise _Invalid from None
+        return raw
+
+    return _Kind("str", "comma-separated IP networks, e.g. 10.0.0.0/8,127.0.0.1/32", convert)
+
+
+def _fraud_weights() -> _Kind:
+    weight = re.compile(r"0(\.[0-9]+)?|1(\.0+)?")
+
+    def convert(raw: object) -> str:
+        from protocol.fraud import FACTORS
+
+        if not isinstance(raw, str):
+            raise _Invalid
+        for pair in filter(None, raw.split(",")):
+            name, _, value = pair.partition("=")
+            if name not in FACTORS or not weight.fullmatch(value):
+                raise _Invalid
+        return raw
+
+    return _Kind(
+        "str",
+        "comma-separated FACTOR=WEIGHT pairs, weights from 0 to 1, factors frequency, "
+        "increment, timing, identity, velocity",
+        convert,
+    )
 
 
 def _retired_keys() -> _Kind:
@@ -841,6 +879,136 @@ class Settings:
         ),
     )
 
+    trusted_proxies: str = field(
+        default="",
+        metadata=_setting(
+            env="PODIUM_TRUSTED_PROXIES",
+            parse=_networks(),
+            doc="Networks of proxies (HAProxy) whose X-Forwarded-For names the client; empty: none",
+        ),
+    )
+    fraud_enabled: bool = field(
+        default=True,
+        metadata=_setting(
+            env="PODIUM_FRAUD_ENABLED",
+            parse=_boolean(),
+            doc="Score every submission for fraud before it is committed (docs/fraud.md)",
+        ),
+    )
+    fraud_flag_threshold: float = field(
+        default=0.5,
+        metadata=_setting(
+            env="PODIUM_FRAUD_FLAG_THRESHOLD",
+            parse=_number(0, 1),
+            doc="Risk from which a submission is allowed but logged for review",
+        ),
+    )
+    fraud_block_threshold: float = field(
+        default=0.8,
+        metadata=_setting(
+            env="PODIUM_FRAUD_BLOCK_THRESHOLD",
+            parse=_number(0, 1),
+            doc="Risk from which a submission is refused (403 fraud_blocked); above the flag one",
+        ),
+    )
+    fraud_weights: str = field(
+        default="",
+        metadata=_setting(
+            env="PODIUM_FRAUD_WEIGHTS",
+            parse=_fraud_weights(),
+            doc="Override factor weights, e.g. identity=0.5,timing=0.9; empty: the defaults",
+        ),
+    )
+    fraud_shadow_ban_blocks: int = field(
+        default=3,
+        metadata=_setting(
+            env="PODIUM_FRAUD_SHADOW_BAN_BLOCKS",
+            parse=_integer(0, 1000),
+            doc="Blocks within the shadow-ban window that shadow-ban a player; 0: never",
+        ),
+    )
+    fraud_shadow_ban_window_s: float = field(
+        default=86400.0,
+        metadata=_setting(
+            env="PODIUM_FRAUD_SHADOW_BAN_WINDOW_S",
+            parse=_number(1, 30 * 86400),
+            doc="Seconds over which PODIUM_FRAUD_SHADOW_BAN_BLOCKS counts blocks",
+        ),
+    )
+    fraud_webhook_url: str | None = field(
+        default=None,
+        metadata=_setting(
+            env="PODIUM_FRAUD_WEBHOOK_URL",
+            parse=_url("http", "https"),
+            doc="Where fraud alerts (blocks, shadow bans) are POSTed as JSON; unset: none",
+            redact=_hide_url_password,
+        ),
+    )
+    fraud_webhook_retries: int = field(
+        default=3,
+        metadata=_setting(
+            env="PODIUM_FRAUD_WEBHOOK_RETRIES",
+            parse=_integer(0, 10),
+            doc="Retries of a failed alert POST, with backoff, before it is dropped and counted",
+        ),
+    )
+    fraud_queue_size: int = field(
+        default=10000,
+        metadata=_setting(
+            env="PODIUM_FRAUD_QUEUE_SIZE",
+            parse=_integer(1, 1_000_000),
+            doc="Submissions waiting for the fraud actor, and fraud log rows waiting to be written",
+        ),
+    )
+    rate_user_per_s: float = field(
+        default=5.0,
+        metadata=_setting(
+            env="PODIUM_RATE_USER_PER_S",
+            parse=_number(0.01, 100_000),
+            doc="Score submissions per second one player may make on average (429 above)",
+        ),
+    )
+    rate_user_burst: int = field(
+        default=20,
+        metadata=_setting(
+            env="PODIUM_RATE_USER_BURST",
+            parse=_integer(1, 1_000_000),
+            doc="Score submissions one player may make at once above the rate",
+        ),
+    )
+    rate_ip_per_s: float = field(
+        default=50.0,
+        metadata=_setting(
+            env="PODIUM_RATE_IP_PER_S",
+            parse=_number(0.01, 100_000),
+            doc="Score submissions and sign-ins per second from one client IP on average",
+        ),
+    )
+    rate_ip_burst: int = field(
+        default=200,
+        metadata=_setting(
+            env="PODIUM_RATE_IP_BURST",
+            parse=_integer(1, 1_000_000),
+            doc="Score submissions and sign-ins from one client IP at once above the rate",
+        ),
+    )
+    rate_service_per_s: float = field(
+        default=2000.0,
+        metadata=_setting(
+            env="PODIUM_RATE_SERVICE_PER_S",
+            parse=_number(0.01, 1_000_000),
+            doc="Action tokens per second a game server (the service key) may mint on average",
+        ),
+    )
+    rate_service_burst: int = field(
+        default=4000,
+        metadata=_setting(
+            env="PODIUM_RATE_SERVICE_BURST",
+            parse=_integer(1, 10_000_000),
+            doc="Action tokens a game server may mint at once above the rate",
+        ),
+    )
+
     def __post_init__(self) -> None:
         for name, row in _TABLE.items():
             raw = getattr(self, name)
@@ -854,6 +1022,12 @@ class Settings:
         _require_at_least(self, "pg_pool_max_size", "pg_pool_min_size")
         _require_at_least(self, "actor_backoff_max_s", "actor_backoff_initial_s")
         _require_at_least(self, "action_token_max_lifetime_s", "action_token_ttl_s")
+        if self.fraud_block_threshold <= self.fraud_flag_threshold:
+            raise _error(
+                f"PODIUM_FRAUD_BLOCK_THRESHOLD={self.fraud_block_threshold:g} is invalid: "
+                "expected it above PODIUM_FRAUD_FLAG_THRESHOLD "
+                f"({self.fraud_flag_threshold:g})"
+            )
         if self.jwt_algorithm != "HS256" and self.jwt_private_key_file is None:
             raise _error(
                 f"PODIUM_JWT_ALGORITHM={self.jwt_algorithm} is invalid: "
@@ -960,6 +1134,18 @@ class Settings:
             else:
                 lines.append(f"{name} = {_toml_value(value)}")
         return "\n".join(lines) + "\n"
+
+    def to_environ(self) -> dict[str, str]:
+        """Every setting that differs from its default, as ``PODIUM_*`` variables.
+
+        Secrets included: this is for starting a child process with these
+        settings (``from_sources`` on the result gives equal settings).
+        """
+        return {
+            row.spec.env: _env_text(getattr(self, name))
+            for name, row in _TABLE.items()
+            if getattr(self, name) is not None and getattr(self, name) != row.default
+        }
 
     def __repr__(self) -> str:
         # The generated repr would print secrets into any log or traceback.

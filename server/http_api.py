@@ -1,4 +1,4 @@
-"""The v1 HTTP API: accounts, action tokens, score updates, leaderboard reads, admin.
+"""The v1 HTTP API: accounts, action tokens, score updates, leaderboard reads.
 
 Handlers are thin: they parse and bound the request, call the service that
 owns the work, and shape the reply. They see an :class:`ApiRequest`, not a
@@ -37,9 +37,9 @@ from protocol.leaderboards import (
     check_board_id,
     decode_cursor,
     encode_cursor,
-    parse_board_definition,
 )
 from server.auth import check_bearer, is_bearer
+from server.proxies import TrustedProxies
 
 if TYPE_CHECKING:
     from server.node import NodeServices
@@ -105,9 +105,9 @@ def _int_arg(req: ApiRequest, name: str, default: int, low: int, high: int) -> i
     return value
 
 
-def _request_meta(req: ApiRequest) -> dict[str, Any]:
+def _request_meta(req: ApiRequest, ip: str | None) -> dict[str, Any]:
     return {
-        "ip": req.remote_addr,
+        "ip": ip,
         "user_agent": (req.headers.get("user-agent") or "")[:256],
     }
 
@@ -122,6 +122,17 @@ class V1Api:
         self._max_body = services.settings.http_max_body_bytes
         self._submissions = services.metrics.submissions_total
         self._submitted_ok = self._submissions.labels("ok")
+        self._proxies = TrustedProxies(services.settings.trusted_proxies)
+
+    def client_ip(self, req: ApiRequest) -> str | None:
+        """The client's address (behind trusted proxies, from X-Forwarded-For)."""
+        return self._proxies.client_ip(req.remote_addr, req.headers.get("x-forwarded-for"))
+
+    async def _sign_in_meta(self, req: ApiRequest) -> dict[str, Any]:
+        """Spend one of the client IP's requests (429 over it); the session's metadata."""
+        ip = self.client_ip(req)
+        await self._services.limiter.check_ip(ip)
+        return _request_meta(req, ip)
 
     def _board(self, board_id: str) -> Board:
         check_board_id(board_id)
@@ -133,24 +144,23 @@ class V1Api:
     def _player(self, req: ApiRequest) -> AccessClaims:
         return self._services.auth.authenticate(req.headers.get("authorization"))
 
-    def _admin(self, req: ApiRequest) -> str:
-        token = self._settings.admin_token
-        check_bearer(req.headers.get("authorization"), token, what="admin token")
-        return "admin"
-
     # ---- accounts
 
     async def auth_device(self, req: ApiRequest) -> dict[str, Any]:
         body = await json_body(req, self._max_body)
-        return (await self._services.auth.device(body, meta=_request_meta(req))).as_json()
+        return (
+            await self._services.auth.device(body, meta=await self._sign_in_meta(req))
+        ).as_json()
 
     async def auth_register(self, req: ApiRequest) -> dict[str, Any]:
         body = await json_body(req, self._max_body)
-        return (await self._services.auth.register(body, meta=_request_meta(req))).as_json()
+        return (
+            await self._services.auth.register(body, meta=await self._sign_in_meta(req))
+        ).as_json()
 
     async def auth_login(self, req: ApiRequest) -> dict[str, Any]:
         body = await json_body(req, self._max_body)
-        return (await self._services.auth.login(body, meta=_request_meta(req))).as_json()
+        return (await self._services.auth.login(body, meta=await self._sign_in_meta(req))).as_json()
 
     async def auth_refresh(self, req: ApiRequest) -> dict[str, Any]:
         body = await json_body(req, self._max_body)
@@ -165,6 +175,7 @@ class V1Api:
     async def mint_action(self, req: ApiRequest) -> dict[str, Any]:
         settings = self._settings
         check_bearer(req.headers.get("authorization"), settings.service_key, what="service key")
+        await self._services.limiter.check_service()
         body = await json_body(req, self._max_body)
         return self._mint(_user_id(body.get("user_id")), body, default_delta=None)
 
@@ -218,8 +229,9 @@ class V1Api:
             ack = await self._services.score_path.submit(
                 claims,
                 body.get("action_token"),
-                ip=req.remote_addr,
+                ip=self.client_ip(req),
                 user_agent=req.headers.get("user-agent"),
+                device=req.headers.get("x-device-id"),
             )
         except PodiumError as exc:
             self._submissions.labels(exc.code).inc()
@@ -325,37 +337,6 @@ class V1Api:
         next_before = entries[-1]["id"] if len(entries) == limit else None
         return {"user_id": user_id, "entries": entries, "next_before": next_before}
 
-    # ---- admin
-
-    async def admin_create_board(self, req: ApiRequest) -> dict[str, Any]:
-        who = self._admin(req)
-        definition = parse_board_definition(await json_body(req, self._max_body))
-        created = await self._services.postgres.create_leaderboard(definition, actor=who)
-        self._services.catalog.put_board(created)
-        return _board_json(created)
-
-    async def admin_update_board(self, req: ApiRequest) -> dict[str, Any]:
-        who = self._admin(req)
-        board_id = req.params["board_id"]
-        current = self._board(board_id)
-        body = await json_body(req, self._max_body)
-        fixed = {k: body[k] for k in ("sort_order", "operator") if k in body}
-        if any(fixed[k] != getattr(current, k) for k in fixed):
-            raise Unprocessable(
-                "sort_order and operator cannot change once a board exists; create a new board",
-                code="immutable_field",
-            )
-        merged = {
-            "sort_order": current.sort_order,
-            "operator": current.operator,
-            "reset_schedule": body.get("reset_schedule", current.reset_schedule),
-        }
-        updated = await self._services.postgres.update_leaderboard(
-            parse_board_definition(merged, board_id=board_id), actor=who
-        )
-        self._services.catalog.put_board(updated)
-        return _board_json(updated)
-
 
 @dataclass(frozen=True, slots=True)
 class Route:
@@ -385,17 +366,20 @@ ROUTES: Final = (
     Route("GET", "/v1/leaderboards/<board_id>/users/<user_id>", "user_rank", fast=True),
     Route("POST", "/v1/leaderboards/<board_id>/ranks", "ranks", fast=True),
     Route("GET", "/v1/users/<user_id>/history", "history"),
-    Route("POST", "/v1/admin/leaderboards", "admin_create_board", status=201),
-    Route("PATCH", "/v1/admin/leaderboards/<board_id>", "admin_update_board"),
 )
 
 
 def register_api(app: Quart, services: NodeServices) -> V1Api:
-    """Mount every route of :data:`ROUTES` on ``app``; return the handlers for the fast path."""
-    api = V1Api(services)
+    """Mount every route of :data:`ROUTES` and :data:`server.admin_api.ADMIN_ROUTES` on
+    ``app``; return the v1 handlers for the fast path."""
+    from server.admin_api import ADMIN_ROUTES, AdminApi  # it builds on this module
 
-    def view(route: Route) -> Callable[..., Awaitable[tuple[dict[str, Any], int]]]:
-        handler = getattr(api, route.handler)
+    api = V1Api(services)
+    admin = AdminApi(services)
+
+    def view(
+        route: Route, handler: Callable[[ApiRequest], Awaitable[dict[str, Any]]]
+    ) -> Callable[..., Awaitable[tuple[dict[str, Any], int]]]:
 
         async def quart_view(**params: str) -> tuple[dict[str, Any], int]:
             async def body() -> bytes:
@@ -416,9 +400,11 @@ def register_api(app: Quart, services: NodeServices) -> V1Api:
 
         return quart_view
 
-    for route in ROUTES:
-        endpoint = f"{route.handler}:{route.rule}"
-        app.add_url_rule(route.rule, endpoint, view(route), methods=[route.method])
+    for routes, handlers in ((ROUTES, api), (ADMIN_ROUTES, admin)):
+        for route in routes:
+            endpoint = f"{route.handler}:{route.rule}"
+            handler = getattr(handlers, route.handler)
+            app.add_url_rule(route.rule, endpoint, view(route, handler), methods=[route.method])
     return api
 
 

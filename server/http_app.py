@@ -41,6 +41,15 @@ _WS_URL_PLACEHOLDER: Final = "{{WS_URL}}"
 # optionally with a port (dropped: the WebSocket has its own).
 _HOST_RE: Final = re.compile(r"(?P<host>[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\])(?::\d{1,5})?")
 
+# The admin page holds the admin token: it talks to its own origin only, runs
+# only its own script, and is never framed or leaks its URL.
+_ADMIN_PAGE_HEADERS: Final = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
+    "frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
 # Werkzeug's HTTP errors, renamed into our codes.
 _HTTP_CODES = {
     400: "bad_request",
@@ -127,12 +136,15 @@ def create_app(services: NodeServices) -> QuartTrio:
     # The page and its files share the "static" endpoint: they are not part of
     # the API, so the OpenAPI document (and its route test) leave them out.
     @app.get("/", endpoint="static", defaults={"filename": "index.html"})
+    @app.get("/admin", endpoint="static", defaults={"filename": "admin.html"})
     @app.get("/static/<path:filename>", endpoint="static")
     async def static_file(filename: str) -> Response:
-        """The live leaderboard page (``/``) and its scripts and styles."""
+        """The live leaderboard page (``/``), the admin page (``/admin``), their files."""
         if filename != "index.html":
             response = await send_from_directory(STATIC_DIR, filename)
             response.headers["Cache-Control"] = "no-cache"
+            if filename == "admin.html":
+                response.headers.update(_ADMIN_PAGE_HEADERS)
             return response
         ws_url = page_ws_url(request.host, services.settings.bind_host, services.ws_port)
         page = await trio.Path(STATIC_DIR / "index.html").read_text("utf-8")

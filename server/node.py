@@ -27,12 +27,14 @@ import trio_asyncio
 from actors.catalog import CatalogActor
 from actors.connection import ConnectionContext
 from actors.fanout import FanoutActor
+from actors.fraud import FraudActor, RateLimit, RateLimiter, policy_from_settings
 from actors.ledger import LedgerActor
 from actors.ranking import RankingActor, RankingClient
 from actors.supervisor import ActorFailed, ChildSpec, RestartWithBackoff, StopNode, Supervisor
 from config import Settings
 from protocol import action_token
 from protocol.action_token import ActionTypeRule
+from server.alerts import Webhook
 from server.auth import AuthService, keyring_from_settings
 from server.fast_http import FastPath
 from server.http_app import check_with_timeout, create_app
@@ -77,6 +79,28 @@ _ACTOR_METRICS: Final = (
      "ranking", "rebuilding"),
     ("gauge", "podium_ranking_queue", "Requests waiting for the ranking actor.",
      "ranking", "queued"),
+    ("counter", "podium_fraud_admitted", "Submissions the fraud actor let through, flags too.",
+     "fraud", "admitted"),
+    ("counter", "podium_fraud_flagged", "Submissions allowed but logged for review.",
+     "fraud", "flagged"),
+    ("counter", "podium_fraud_blocked", "Submissions refused as fraud (403 fraud_blocked).",
+     "fraud", "blocked"),
+    ("counter", "podium_rate_limited", "Submissions refused by a rate limit (429).",
+     "fraud", "rate_limited"),
+    ("counter", "podium_nonce_reused", "Submissions whose action token was already used (409).",
+     "fraud", "nonce_used"),
+    ("counter", "podium_fraud_unscored", "Submissions admitted unscored: Redis did not answer.",
+     "fraud", "unscored"),
+    ("counter", "podium_fraud_shadow_bans", "Players shadow-banned automatically.",
+     "fraud", "shadow_bans"),
+    ("gauge", "podium_fraud_log_queue", "FRAUD_LOGS rows waiting to be written.",
+     "fraud", "log_queue"),
+    ("counter", "podium_fraud_alerts_sent", "Fraud alerts the webhook accepted.",
+     "fraud", "alerts_sent"),
+    ("counter", "podium_fraud_alerts_failed", "Fraud alerts given up after every retry.",
+     "fraud", "alerts_failed"),
+    ("counter", "podium_fraud_alerts_dropped", "Fraud alerts dropped: the alert queue was full.",
+     "fraud", "alerts_dropped"),
 )  # fmt: skip
 
 
@@ -120,6 +144,7 @@ class NodeServices:
     ranking_ready: Callable[[], bool]
     auth: AuthService
     score_path: ScorePath
+    limiter: RateLimiter
     action_key: str
     action_rules: dict[str, ActionTypeRule]
     draining: trio.Event = field(default_factory=trio.Event)
@@ -233,6 +258,22 @@ class Node:
                 linger_s=settings.ledger_linger_s,
                 inbox=ledger_inbox,
             )
+            fraud_client, fraud_inbox = FraudActor.open_inbox(settings.fraud_queue_size)
+            fraud = FraudActor(
+                policy=policy_from_settings(settings),
+                ranking=ranking_client,
+                postgres=postgres,
+                key_prefix=settings.redis_key_prefix,
+                inbox=fraud_inbox,
+                queue_size=settings.fraud_queue_size,
+                node_id=self.node_id,
+                webhook=(
+                    Webhook(settings.fraud_webhook_url, node_id=self.node_id)
+                    if settings.fraud_webhook_url
+                    else None
+                ),
+                webhook_retries=settings.fraud_webhook_retries,
+            )
             fanout = FanoutActor(
                 redis=redis,
                 ranking=ranking_client,
@@ -240,7 +281,7 @@ class Node:
                 key_prefix=settings.redis_key_prefix,
                 tick_s=settings.ws_tick_s,
             )
-            self._export_statistics(ledger, ranking, fanout)
+            self._export_statistics(ledger, ranking, fanout, fraud)
             assert settings.action_key is not None
             services = NodeServices(
                 settings=settings,
@@ -259,7 +300,19 @@ class Node:
                     catalog=catalog,
                 ),
                 score_path=ScorePath(
-                    settings, catalog=catalog, ledger=ledger_client, ranking=ranking_client
+                    settings,
+                    catalog=catalog,
+                    ledger=ledger_client,
+                    ranking=ranking_client,
+                    fraud=fraud_client,
+                ),
+                limiter=RateLimiter(
+                    ranking_client,
+                    key_prefix=settings.redis_key_prefix,
+                    ip_limit=RateLimit(settings.rate_ip_per_s, settings.rate_ip_burst),
+                    service_limit=RateLimit(
+                        settings.rate_service_per_s, settings.rate_service_burst
+                    ),
                 ),
                 action_key=settings.action_key,
                 action_rules=action_token.parse_action_types(settings.action_types),
@@ -289,6 +342,7 @@ class Node:
                 [
                     ChildSpec("catalog", lambda: catalog, restart),
                     ChildSpec("ranking", lambda: ranking, restart),
+                    ChildSpec("fraud", lambda: fraud, restart),
                     ChildSpec("ledger", lambda: ledger, restart),
                     ChildSpec("fanout", lambda: fanout, restart),
                     ChildSpec("http", lambda: HttpServer(asgi, settings), restart),
@@ -320,9 +374,9 @@ class Node:
                 raise failures[0]
 
     def _export_statistics(
-        self, ledger: LedgerActor, ranking: RankingActor, fanout: FanoutActor
+        self, ledger: LedgerActor, ranking: RankingActor, fanout: FanoutActor, fraud: FraudActor
     ) -> None:
-        actors = {"ledger": ledger, "ranking": ranking, "fanout": fanout}
+        actors = {"ledger": ledger, "ranking": ranking, "fanout": fanout, "fraud": fraud}
         for kind, name, doc, actor, field_name in _ACTOR_METRICS:
             read = partial(_statistic, actors[actor], field_name)
             export = self.metrics.counter_from if kind == "counter" else self.metrics.gauge_from

@@ -20,6 +20,16 @@ from typing import Any, Final
 from protocol.action_token import MAX_TOKEN_CHARS
 from protocol.leaderboards import BOARD_ID_RE, MAX_SCORE, OPERATORS, RESET_SCHEDULES, SORT_ORDERS
 from protocol.passwords import MAX_PASSWORD_CHARS, MIN_PASSWORD_CHARS
+from server.admin_api import (
+    AUDIT_DEFAULT,
+    AUDIT_MAX,
+    CASES_DEFAULT,
+    CASES_MAX,
+    EVENT_TYPES,
+    MAX_ID,
+    MAX_TEXT_CHARS,
+    REVIEW_STATUSES,
+)
 
 Json = dict[str, Any]
 
@@ -44,6 +54,7 @@ CODES: Final[dict[str, tuple[int, str]]] = {
     "bad_leaderboard_id": (400, "not a leaderboard id (1-64 of a-z 0-9 _ -, starting a-z/0-9)"),
     "bad_user_id": (400, "a user id is not a lower-case UUID"),
     "bad_cursor": (400, "the cursor is not one this API issued"),
+    "bad_id": (400, "a fraud case or score id in the path is not a positive integer"),
     "no_session": (400, "tokens of an external issuer have no session to log out"),
     "action_token_malformed": (400, "not an action token, or its lifetime is not allowed"),
     "action_token_unknown_key": (400, "signed under a key id this server does not accept"),
@@ -68,12 +79,17 @@ CODES: Final[dict[str, tuple[int, str]]] = {
     "refresh_invalid": (401, "the refresh token is not valid, expired, or logged out"),
     "forbidden": (403, "only that player or an admin may read this"),
     "user_banned": (403, "the account is banned"),
+    "fraud_blocked": (403, "the fraud checks refused this submission (docs/fraud.md)"),
     "leaderboard_not_found": (404, "no such leaderboard"),
     "not_ranked": (404, "the user has no score on this leaderboard"),
+    "case_not_found": (404, "no such fraud case"),
+    "user_not_found": (404, "no such user"),
+    "score_not_found": (404, "no such score history entry"),
     "action_token_used": (409, "the action token was already accepted; do not retry it"),
     "username_taken": (409, "the username is taken"),
     "email_taken": (409, "the email is already registered"),
     "leaderboard_exists": (409, "a leaderboard with that id exists"),
+    "score_already_removed": (409, "the score was removed already"),
     "body_too_large": (413, "the body is larger than the configured limit"),
     "payload_too_large": (413, "the body is larger than the configured limit"),
     "not_json": (415, "the body must be sent with 'Content-Type: application/json'"),
@@ -202,6 +218,7 @@ def _op(
     security: tuple[str, ...] = (),
     parameters: Iterable[Json] = (),
     body: str | None = None,
+    body_required: bool = True,
     errors: str = "",
     responses: dict[str, Json] | None = None,
     description: str = "",
@@ -223,7 +240,7 @@ def _op(
     if parameters:
         operation["parameters"] = list(parameters)
     if body is not None:
-        operation["requestBody"] = {"required": True, "content": _json(_schema(body))}
+        operation["requestBody"] = {"required": body_required, "content": _json(_schema(body))}
     replies = dict(responses or {})
     if ok is not None:
         replies[str(status)] = {"description": ok[0], "content": _json(_schema(ok[1]))}
@@ -310,11 +327,14 @@ def _operations(max_limit: int) -> list[tuple[str, str, Json]]:
         "ok": ("Committed", "ScoreAck"),
         "errors": f"{_JWT} unknown_user {_BODY} {_TOKEN_CHECKS} user_banned leaderboard_not_found "
         f"action_token_used delta_out_of_range score_out_of_range commit_timeout commit_failed "
-        "overloaded "
+        "overloaded fraud_blocked rate_limited "
         f"{_POSTGRES}",
         "description": "Verifies the action token (docs/action-tokens.md), commits it exactly "
         "once and answers with the new score and rank. After a 503 retrying the same token is "
-        "safe; 409 `action_token_used` means it was applied already.",
+        "safe; 409 `action_token_used` means it was applied already. The fraud checks "
+        "(docs/fraud.md) may refuse it with 403 `fraud_blocked` (the token is then spent), and "
+        "the player's and the client address's rate limits with 429 (the token is not spent: "
+        "retry it after `Retry-After` seconds). Send `X-Device-Id` to name the device.",
     }
     readiness = _json(_schema("Readiness"))
     return [
@@ -353,7 +373,7 @@ def _operations(max_limit: int) -> list[tuple[str, str, Json]]:
             tag="auth",
             body="DeviceLogin",
             ok=("Signed in", "TokenReply"),
-            errors=f"{_BODY} username_taken invalid_value {_POSTGRES}",
+            errors=f"{_BODY} username_taken invalid_value rate_limited {_POSTGRES}",
             description="`username` is used only when the user is created.",
         ),
         _op(
@@ -364,7 +384,8 @@ def _operations(max_limit: int) -> list[tuple[str, str, Json]]:
             body="Register",
             ok=("Created and signed in", "TokenReply"),
             status=201,
-            errors=f"{_BODY} username_taken email_taken invalid_value weak_password {_POSTGRES}",
+            errors=f"{_BODY} username_taken email_taken invalid_value weak_password rate_limited "
+            f"{_POSTGRES}",
         ),
         _op(
             "POST /v1/auth/login",
@@ -373,7 +394,7 @@ def _operations(max_limit: int) -> list[tuple[str, str, Json]]:
             tag="auth",
             body="Login",
             ok=("Signed in", "TokenReply"),
-            errors=f"{_BODY} bad_credentials user_banned invalid_value {_POSTGRES}",
+            errors=f"{_BODY} bad_credentials user_banned invalid_value rate_limited {_POSTGRES}",
         ),
         _op(
             "POST /v1/auth/refresh",
@@ -403,7 +424,7 @@ def _operations(max_limit: int) -> list[tuple[str, str, Json]]:
             body="MintAction",
             ok=("Minted", "ActionToken"),
             errors=f"bad_key {_BODY} bad_user_id {_BOARD} action_type_unknown invalid_value "
-            "delta_out_of_range",
+            "delta_out_of_range rate_limited",
         ),
         _op(
             "POST /v1/dev/actions",
@@ -514,6 +535,133 @@ def _operations(max_limit: int) -> list[tuple[str, str, Json]]:
             errors=f"bad_key {_BOARD} {_BODY} immutable_field invalid_value {_POSTGRES}",
             description="`sort_order` and `operator` may be sent only with their current values; "
             "an absent `reset_schedule` keeps it, `null` removes it.",
+        ),
+        *_admin_operations(board_id, user_id),
+    ]
+
+
+def _admin_operations(board_id: Json, user_id: Json) -> list[tuple[str, str, Json]]:
+    """The admin routes beyond creating and updating boards (server.admin_api)."""
+    case_id, history_id = _ref("parameters", "CaseId"), _ref("parameters", "HistoryId")
+    admin: Json = {"tag": "admin", "security": _ADMIN}
+    status_change: Json = admin | {
+        "parameters": [user_id],
+        "body": "AdminReason",
+        "body_required": False,
+        "ok": ("The user's new status", "UserStatus"),
+        "errors": f"bad_key bad_user_id {_BODY} invalid_value user_not_found {_POSTGRES} "
+        f"{_RANKING}",
+    }
+    case_filters = [
+        _param("query", "status", _enum(REVIEW_STATUSES), "Only cases with this review status."),
+        _param("query", "event_type", _enum(EVENT_TYPES), "Only this kind of event."),
+        _param("query", "user_id", _str(UUID_PATTERN), "Only this user's cases."),
+        _param("query", "limit", _int(1, CASES_MAX, default=CASES_DEFAULT), "Cases wanted."),
+        _param("query", "cursor", _str(), "The previous page's `next_cursor`."),
+    ]
+    return [
+        _op(
+            "GET /v1/admin/fraud/cases",
+            "listFraudCases",
+            "Fraud cases, newest first, filtered",
+            parameters=case_filters,
+            ok=("One page", "FraudCasePage"),
+            errors=f"bad_key bad_user_id bad_request bad_cursor invalid_value {_POSTGRES}",
+            description="`next_cursor` is set when the page is full; pass it as `cursor`, with "
+            "the same filters, for older cases.",
+            **admin,
+        ),
+        _op(
+            "GET /v1/admin/fraud/cases/{case_id}",
+            "getFraudCase",
+            "One fraud case",
+            parameters=[case_id],
+            ok=("The case", "FraudCase"),
+            errors=f"bad_key bad_id case_not_found {_POSTGRES}",
+            **admin,
+        ),
+        _op(
+            "POST /v1/admin/fraud/cases/{case_id}/review",
+            "reviewFraudCase",
+            "Mark a fraud case confirmed, a false positive, or open again",
+            parameters=[case_id],
+            body="CaseReview",
+            ok=("The case, stamped with its reviewer and the time", "FraudCase"),
+            errors=f"bad_key bad_id {_BODY} invalid_value case_not_found {_POSTGRES}",
+            description="Reviewing changes nothing about the user: ban or shadow-ban them "
+            "separately.",
+            **admin,
+        ),
+        _op(
+            "GET /v1/admin/users/{user_id}",
+            "getAdminUser",
+            "A user's account status and fraud case counts",
+            parameters=[user_id],
+            ok=("The user", "AdminUser"),
+            errors=f"bad_key bad_user_id user_not_found {_POSTGRES}",
+            **admin,
+        ),
+        _op(
+            "POST /v1/admin/users/{user_id}/ban",
+            "banUser",
+            "Ban a user: their submissions get 403, and nobody sees them on any board",
+            **status_change,
+        ),
+        _op(
+            "POST /v1/admin/users/{user_id}/shadow-ban",
+            "shadowBanUser",
+            "Shadow-ban a user: their submissions count, but only they see their scores",
+            **status_change,
+        ),
+        _op(
+            "POST /v1/admin/users/{user_id}/unban",
+            "unbanUser",
+            "Make a user active again, back on every board",
+            **status_change,
+        ),
+        _op(
+            "POST /v1/admin/scores/{history_id}/remove",
+            "removeScore",
+            "Remove one score; the user's record and rank are recomputed",
+            parameters=[history_id],
+            body="AdminReason",
+            body_required=False,
+            ok=("Removed", "ScoreRemoved"),
+            errors=f"bad_key bad_id {_BODY} invalid_value score_not_found score_already_removed "
+            f"score_out_of_range {_POSTGRES} {_RANKING}",
+            description="`history_id` is an entry's `id` in `GET /v1/users/{user_id}/history`. "
+            "The record follows the board's operator: `incr` subtracts the removed delta, "
+            "`decr` adds it back, `best` keeps the best remaining delta and `set` the latest; "
+            "with no entries left the record is deleted (`new_score` null).",
+            **admin,
+        ),
+        _op(
+            "POST /v1/admin/leaderboards/{board_id}/rebuild",
+            "rebuildLeaderboard",
+            "Rebuild a leaderboard's ranking from PostgreSQL",
+            parameters=[board_id],
+            ok=("Rebuilt", "BoardRebuilt"),
+            errors=f"bad_key {_BOARD} {_POSTGRES} {_RANKING}",
+            description="The board keeps serving its old ranking until the new one replaces it.",
+            **admin,
+        ),
+        _op(
+            "GET /v1/admin/audit",
+            "getAuditLog",
+            "Admin actions, newest first",
+            parameters=[
+                _param("query", "limit", _int(1, AUDIT_MAX, default=AUDIT_DEFAULT), "Wanted."),
+                _param(
+                    "query",
+                    "before",
+                    _int(0, MAX_ID, default=0),
+                    "The previous page's `next_before`: entries with a smaller id; 0 for the "
+                    "newest.",
+                ),
+            ],
+            ok=("One page", "AuditPage"),
+            errors=f"bad_key bad_request invalid_value {_POSTGRES}",
+            **admin,
         ),
     ]
 
@@ -680,12 +828,17 @@ def _components(max_limit: int) -> Json:
                 "operator": _enum(OPERATORS, description="Only its current value."),
             },
         ),
+        **_admin_schemas(uuid, board_id, score),
     }
     return {
         "schemas": schemas,
         "parameters": {
             "BoardId": _param("path", "board_id", board_id, "The leaderboard."),
             "UserId": _param("path", "user_id", uuid, "The user."),
+            "CaseId": _param("path", "case_id", _int(1, MAX_ID), "The fraud case."),
+            "HistoryId": _param(
+                "path", "history_id", _int(1, MAX_ID), "The score: a history entry's `id`."
+            ),
         },
         "headers": {
             "RetryAfter": {
@@ -714,4 +867,86 @@ def _components(max_limit: int) -> Json:
                 "description": "PODIUM_ADMIN_TOKEN, for operators.",
             },
         },
+    }
+
+
+def _admin_schemas(uuid: Json, board_id: Json, score: Json) -> dict[str, Json]:
+    when = _str(format="date-time")
+    note = _nullable(_str(maxLength=MAX_TEXT_CHARS))
+    user_status = _enum(("active", "banned", "shadow_banned"))
+    return {
+        "FraudCase": _object(
+            {
+                "id": _int(1, MAX_ID),
+                "user_id": _nullable(uuid),
+                "username": _nullable(_str()),
+                "user_status": _nullable(user_status),
+                "event_type": _str(description=f"One of {', '.join(EVENT_TYPES)}."),
+                "risk_score": {"type": "number", "minimum": 0, "maximum": 1},
+                "factors": {
+                    "type": "object",
+                    "additionalProperties": {"type": "number"},
+                    "description": "Each fraud factor's score, from `metadata.assessment`.",
+                },
+                "reasons": _array(
+                    _str(),
+                    description="Why, in words: the assessment's, or the logged `reason`.",
+                ),
+                "metadata": {
+                    "type": "object",
+                    "description": "What the fraud engine logged: the assessment, the "
+                    "leaderboard, action type, delta, nonce, IP, device...",
+                },
+                "review_status": _enum(REVIEW_STATUSES),
+                "reviewed_by": _nullable(_str()),
+                "reviewed_at": _nullable(when),
+                "review_note": note,
+                "created_at": when,
+            }
+        ),
+        "FraudCasePage": _object(
+            {
+                "cases": _array(_schema("FraudCase")),
+                "next_cursor": _nullable(_str(description="Null on the last page.")),
+            }
+        ),
+        "CaseReview": _object({"status": _enum(REVIEW_STATUSES)}, {"note": note}),
+        "AdminUser": _object(
+            {
+                "user_id": uuid,
+                "username": _str(),
+                "status": user_status,
+                "created_at": when,
+                "fraud_cases": _object({status: _int(0) for status in REVIEW_STATUSES}),
+            }
+        ),
+        "AdminReason": _object({}, {"reason": note | {"description": "Kept in the audit log."}}),
+        "UserStatus": _object({"user_id": uuid, "status": user_status}),
+        "ScoreRemoved": _object(
+            {
+                "history_id": _int(1, MAX_ID),
+                "user_id": uuid,
+                "leaderboard": board_id,
+                "old_score": _nullable(score),
+                "new_score": _nullable(score) | {"description": "Null: the record was deleted."},
+                "rank": _nullable(_int(1)) | {"description": "Null if not ranked now."},
+            }
+        ),
+        "BoardRebuilt": _object({"leaderboard": board_id, "records": _int(0)}),
+        "AuditEntry": _object(
+            {
+                "id": _int(1, MAX_ID),
+                "actor": _str(),
+                "action": _str(description="e.g. user.ban, fraud_case.review, score.remove."),
+                "target": _nullable(_str()),
+                "details": {"type": "object"},
+                "created_at": when,
+            }
+        ),
+        "AuditPage": _object(
+            {
+                "entries": _array(_schema("AuditEntry")),
+                "next_before": _nullable(_int(1, description="Null on the last page.")),
+            }
+        ),
     }

@@ -6,14 +6,17 @@ call :meth:`ScorePath.submit`, so both keep the same promises:
 1. the JWT was checked by the caller (401 if bad, expired or revoked);
 2. the action token is genuine, current, for this user and a known
    leaderboard, with a delta its action type allows (400/404/422);
-3. its nonce is claimed in Redis — the fast path that turns concurrent
-   duplicates away with 409 on every node at once;
+3. the fraud actor admits it (:mod:`actors.fraud`): its nonce is claimed in
+   Redis — turning concurrent duplicates away with 409 on every node at
+   once — the player's and the IP's rate limits are spent (429), and its
+   fraud risk is scored (403 ``fraud_blocked`` when blocked);
 4. the ledger commits it in PostgreSQL, where the nonce is recorded in the
    same transaction (409 there too, so a flushed Redis reopens nothing);
 5. the ranking actor applies it to Redis and answers with the rank.
 
-A submission that did not commit (503) gives its nonce back in Redis, so the
-client may retry the same token; a retry of one that did commit gets 409.
+A submission that did not commit (503) or was rate limited gives its nonce
+back in Redis, so the client may retry the same token; a retry of one that
+did commit gets 409, and so does a retry of a blocked one.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Any
 import trio
 
 from actors.catalog import CatalogActor
+from actors.fraud import Admission, FraudClient
 from actors.ledger import LedgerClient
 from actors.ranking import RankingClient
 from config import Settings
@@ -36,6 +40,7 @@ from protocol.errors import (
     Conflict,
     Forbidden,
     NotFound,
+    RateLimited,
     Unauthorized,
     Unavailable,
     Unprocessable,
@@ -85,19 +90,32 @@ class ScorePath:
         catalog: CatalogActor,
         ledger: LedgerClient,
         ranking: RankingClient,
+        fraud: FraudClient,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._settings = settings
         self._catalog = catalog
         self._ledger = ledger
         self._ranking = ranking
+        self._fraud = fraud
         self._clock = clock
         self._keys = action_keys(settings)
         self._rules = action_token.parse_action_types(settings.action_types)
 
     async def submit(
-        self, claims: AccessClaims, token: object, *, ip: str | None, user_agent: str | None
+        self,
+        claims: AccessClaims,
+        token: object,
+        *,
+        ip: str | None,
+        user_agent: str | None,
+        device: str | None = None,
     ) -> Ack:
+        """Check, admit, commit and rank one action token; the :class:`Ack`.
+
+        ``device`` is what the client calls its device (``X-Device-Id``); the
+        fraud engine falls back to ``user_agent`` without it.
+        """
         if not isinstance(token, str):
             raise BadRequest('"action_token" must be a string', code="action_token_malformed")
         now = self._clock()
@@ -117,15 +135,37 @@ class ScorePath:
         action_token.check_delta(
             action, self._rules, allow_unknown=self._settings.allow_unknown_action_types
         )
-        # The Redis claim must outlive every moment the token could still verify.
-        ttl_s = int(action.expires_at - now + self._settings.jwt_leeway_s) + 1
-        try:
-            claimed = await self._ranking.claim_nonce(action.nonce, ttl_s)
-        except Unavailable:
-            # Redis is only the fast path; PostgreSQL still refuses a reuse.
-            claimed = True
-        if not claimed:
-            raise _used()
+        rule = self._rules.get(action.action_type)
+        verdict = await self._fraud.admit(
+            Admission(
+                user_id=claims.user_id,
+                ip=ip,
+                device=(device or user_agent or "")[:256] or None,
+                leaderboard=action.leaderboard,
+                action_type=action.action_type,
+                delta=action.delta,
+                delta_min=rule.min_delta if rule else min(action.delta, 0),
+                delta_max=rule.max_delta if rule else max(action.delta, 1),
+                nonce=action.nonce,
+                # The Redis claim must outlive every moment the token could still verify.
+                nonce_ttl_s=int(action.expires_at - now + self._settings.jwt_leeway_s) + 1,
+            )
+        )
+        match verdict.decision:
+            case "nonce_used":
+                raise _used()
+            case "rate_limited":
+                who = "this player" if verdict.limited_by == "user" else "this address"
+                raise RateLimited(
+                    f"too many score submissions from {who}; retry in "
+                    f"{verdict.retry_after_s:.1f} s",
+                    retry_after_s=verdict.retry_after_s,
+                    code="rate_limited",
+                )
+            case "blocked":
+                raise Forbidden(
+                    "this submission was refused by the fraud checks", code="fraud_blocked"
+                )
         submission = Submission(
             user_id=claims.user_id,
             leaderboard=action.leaderboard,

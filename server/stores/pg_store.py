@@ -23,15 +23,18 @@ import hashlib
 import ipaddress
 import json
 from collections.abc import AsyncIterator, Sequence
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import asyncpg
 import trio
 import trio_asyncio
 
-from protocol.errors import Conflict, NotFound, Unavailable
-from protocol.leaderboards import Board, LedgerResult, RecordState, Submission
+from protocol.errors import Conflict, NotFound, Unavailable, Unprocessable
+from protocol.leaderboards import MAX_SCORE, Board, LedgerResult, RecordState, Submission
 from server.migrations import Migration, MigrationError, MigrationStatus, status
+
+if TYPE_CHECKING:
+    from actors.fraud import FraudLogRow
 
 # pg_advisory_lock key for migrations: "podium" in ASCII, as a bigint.
 MIGRATION_LOCK_KEY: Final = 0x706F6469756D
@@ -247,6 +250,53 @@ class PostgresStore:
         )
         return frozenset(row["id"] for row in rows)
 
+    # ---- the fraud engine
+
+    async def insert_fraud_logs(self, rows: Sequence[FraudLogRow]) -> None:
+        """Write a batch of FRAUD_LOGS rows in one statement."""
+        await self._call(
+            self._pool.execute,
+            "INSERT INTO fraud_logs (user_id, event_type, risk_score, metadata) "
+            "SELECT u, e, r, m::jsonb FROM unnest($1::uuid[], $2::text[], $3::numeric[], "
+            "$4::text[]) AS t(u, e, r, m)",
+            [row.user_id for row in rows],
+            [row.event_type for row in rows],
+            [round(row.risk, 4) for row in rows],
+            [json.dumps(row.metadata, separators=(",", ":")) for row in rows],
+        )
+
+    async def auto_shadow_ban(self, user_id: str, *, reason: str) -> bool:
+        """Shadow-ban an active player for repeated blocks; False if they were not active.
+
+        The status change, its FRAUD_LOGS row and its audit row commit together.
+        """
+        changed: bool = await self._call(self._auto_shadow_ban_aio, user_id, reason)
+        return changed
+
+    async def _auto_shadow_ban_aio(self, user_id: str, reason: str) -> bool:
+        async with self._pool.acquire() as conn, conn.transaction():
+            updated = await conn.fetchval(
+                "UPDATE users SET status = 'shadow_banned', updated_at = now() "
+                "WHERE id = $1 AND status = 'active' RETURNING id",
+                user_id,
+            )
+            if updated is None:
+                return False
+            details = json.dumps({"reason": reason})
+            await conn.execute(
+                "INSERT INTO fraud_logs (user_id, event_type, risk_score, metadata) "
+                "VALUES ($1, 'shadow_ban', 1, $2::jsonb)",
+                user_id,
+                details,
+            )
+            await conn.execute(
+                "INSERT INTO audit_log (actor, action, target, details) "
+                "VALUES ('fraud-engine', 'user.shadow_ban', $1, $2::jsonb)",
+                user_id,
+                details,
+            )
+            return True
+
     async def records_changed_since(self, since: dt.datetime) -> list[tuple[str, RecordState]]:
         """(leaderboard, state) of every current-period record changed after ``since``."""
         rows = await self._call(
@@ -452,6 +502,346 @@ class PostgresStore:
             finally:
                 await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
         return tuple(applied_now)
+
+    # ---- admin: fraud review, user status, score removal
+    #
+    # For the admin API (server.admin_api). Each method is one crossing; each
+    # change writes its audit_log row (actor, action, target, details) in the
+    # same transaction, so an action is never done without its trail.
+
+    _CASE_SELECT: Final = (
+        "SELECT f.id, f.user_id::text AS user_id, u.username, u.status AS user_status, "
+        "f.event_type, f.risk_score, f.metadata, f.review_status, f.reviewed_by, "
+        "f.reviewed_at, f.review_note, f.created_at "
+        "FROM fraud_logs f LEFT JOIN users u ON u.id = f.user_id "
+    )
+
+    async def fraud_cases(
+        self,
+        *,
+        review_status: str | None,
+        event_type: str | None,
+        user_id: str | None,
+        after: tuple[dt.datetime, int] | None,
+        limit: int,
+    ) -> list[dict[str, Any]]:
+        """Fraud cases newest first, filtered; ``after`` is the last (created_at, id) seen."""
+        after_at, after_id = after if after is not None else (None, None)
+        rows = await self._call(
+            self._pool.fetch,
+            self._CASE_SELECT + "WHERE ($1::text IS NULL OR f.review_status = $1) "
+            "AND ($2::text IS NULL OR f.event_type = $2) "
+            "AND ($3::uuid IS NULL OR f.user_id = $3) "
+            "AND ($4::timestamptz IS NULL OR (f.created_at, f.id) < ($4, $5::bigint)) "
+            "ORDER BY f.created_at DESC, f.id DESC LIMIT $6",
+            review_status,
+            event_type,
+            user_id,
+            after_at,
+            after_id,
+            limit,
+        )
+        return [self._case_row(row) for row in rows]
+
+    async def fraud_case(self, case_id: int) -> dict[str, Any]:
+        """One fraud case; :class:`NotFound` if there is none."""
+        row = await self._call(self._pool.fetchrow, self._CASE_SELECT + "WHERE f.id = $1", case_id)
+        if row is None:
+            raise NotFound(f"no fraud case {case_id}", code="case_not_found")
+        return self._case_row(row)
+
+    async def review_fraud_case(
+        self, case_id: int, review_status: str, *, note: str | None, actor: str
+    ) -> dict[str, Any]:
+        """Set a case's review status (and note), stamped with ``actor`` and now."""
+        row = await self._call(self._review_aio, case_id, review_status, note, actor)
+        if row is None:
+            raise NotFound(f"no fraud case {case_id}", code="case_not_found")
+        return self._case_row(row)
+
+    async def admin_user(self, user_id: str) -> dict[str, Any]:
+        """A user's account status and fraud case counts; :class:`NotFound` if unknown."""
+        row = await self._call(
+            self._pool.fetchrow,
+            "SELECT u.id::text AS user_id, u.username, u.status, u.created_at, "
+            "count(f.id) FILTER (WHERE f.review_status = 'open') AS open, "
+            "count(f.id) FILTER (WHERE f.review_status = 'confirmed') AS confirmed, "
+            "count(f.id) FILTER (WHERE f.review_status = 'false_positive') AS false_positive "
+            "FROM users u LEFT JOIN fraud_logs f ON f.user_id = u.id "
+            "WHERE u.id = $1 GROUP BY u.id",
+            user_id,
+        )
+        if row is None:
+            raise NotFound(f"no user {user_id}", code="user_not_found")
+        return dict(row)
+
+    async def set_user_status(
+        self, user_id: str, status: str, *, actor: str, reason: str | None
+    ) -> str:
+        """Set users.status ('active', 'banned', 'shadow_banned'); the status it had."""
+        before: str | None = await self._call(self._user_status_aio, user_id, status, actor, reason)
+        if before is None:
+            raise NotFound(f"no user {user_id}", code="user_not_found")
+        return before
+
+    async def remove_score(
+        self, history_id: int, *, actor: str, reason: str | None
+    ) -> dict[str, Any]:
+        """Mark a score_history row removed and recompute its record, in one transaction.
+
+        The record follows the board's operator: ``incr`` subtracts the removed
+        increment and ``decr`` adds it back; ``best`` takes the best remaining
+        delta and ``set`` the latest remaining one. With no history left the
+        record is deleted. A changed record gets a new version (and, like the
+        ledger, ``users.current_score`` follows the ``global`` record).
+
+        Returns ``history_id``, ``user_id``, ``leaderboard``, ``period``,
+        ``old_score``, ``new_score`` (None if deleted), ``board`` (its :class:`Board`) and
+        ``state``: the new :class:`RecordState` when the removal changed the
+        board's current period and the record remains, else None. Raises
+        :class:`NotFound` (``score_not_found``), :class:`Conflict`
+        (``score_already_removed``) or :class:`Unprocessable`
+        (``score_out_of_range``, and nothing changes).
+        """
+        result: dict[str, Any] | None = await self._call(
+            self._remove_score_aio, history_id, actor, reason
+        )
+        if result is None:
+            raise NotFound(f"no score {history_id}", code="score_not_found")
+        return result
+
+    async def audit(
+        self, actor: str, action: str, target: str | None, details: dict[str, Any]
+    ) -> None:
+        """Write one audit_log row, for an admin action that changed nothing in PostgreSQL."""
+        await self._call(self._audit_aio, self._pool, actor, action, target, details)
+
+    async def audit_entries(self, *, limit: int, before_id: int | None) -> list[dict[str, Any]]:
+        """audit_log rows newest first, paged by ``before_id``."""
+        rows = await self._call(
+            self._pool.fetch,
+            "SELECT id, actor, action, target, details, created_at FROM audit_log "
+            "WHERE ($1::bigint IS NULL OR id < $1) ORDER BY id DESC LIMIT $2",
+            before_id,
+            limit,
+        )
+        return [dict(row) | {"details": json.loads(row["details"])} for row in rows]
+
+    async def _review_aio(
+        self, case_id: int, review_status: str, note: str | None, actor: str
+    ) -> Any:
+        async with self._pool.acquire() as conn, conn.transaction():
+            before = await conn.fetchrow(
+                "SELECT user_id::text AS user_id, review_status FROM fraud_logs "
+                "WHERE id = $1 FOR UPDATE",
+                case_id,
+            )
+            if before is None:
+                return None
+            await conn.execute(
+                "UPDATE fraud_logs SET review_status = $2, reviewed_by = $3, reviewed_at = now(), "
+                "review_note = $4 WHERE id = $1",
+                case_id,
+                review_status,
+                actor,
+                note,
+            )
+            await self._audit_aio(
+                conn,
+                actor,
+                "fraud_case.review",
+                str(case_id),
+                {
+                    "user_id": before["user_id"],
+                    "from": before["review_status"],
+                    "to": review_status,
+                    "note": note,
+                },
+            )
+            return await conn.fetchrow(self._CASE_SELECT + "WHERE f.id = $1", case_id)
+
+    async def _user_status_aio(
+        self, user_id: str, status: str, actor: str, reason: str | None
+    ) -> str | None:
+        action = {"active": "user.unban", "banned": "user.ban", "shadow_banned": "user.shadow_ban"}
+        async with self._pool.acquire() as conn, conn.transaction():
+            before: str | None = await conn.fetchval(
+                "SELECT status FROM users WHERE id = $1 FOR UPDATE", user_id
+            )
+            if before is None:
+                return None
+            await conn.execute(
+                "UPDATE users SET status = $2, updated_at = now() WHERE id = $1", user_id, status
+            )
+            await self._audit_aio(
+                conn,
+                actor,
+                action[status],
+                user_id,
+                {"from": before, "to": status, "reason": reason},
+            )
+            return before
+
+    async def _remove_score_aio(
+        self, history_id: int, actor: str, reason: str | None
+    ) -> dict[str, Any] | None:
+        async with self._pool.acquire() as conn, conn.transaction():
+            found = await conn.fetchrow(
+                "SELECT h.user_id, h.leaderboard_id, h.period, h.score_increment, "
+                "b.sort_order, b.operator, b.reset_schedule, b.current_period "
+                "FROM score_history h JOIN leaderboards b ON b.id = h.leaderboard_id "
+                "WHERE h.id = $1",
+                history_id,
+            )
+            if found is None:
+                return None
+            board = _board(dict(found) | {"id": found["leaderboard_id"]})
+            key = (found["leaderboard_id"], found["period"], found["user_id"])
+            # The ledger's lock order: the record before anything else of the user's.
+            record = await conn.fetchrow(
+                "SELECT score, reached_at FROM leaderboard_records "
+                "WHERE leaderboard_id = $1 AND period = $2 AND user_id = $3 FOR UPDATE",
+                *key,
+            )
+            removed = await conn.fetchval(
+                "UPDATE score_history SET removed_at = clock_timestamp() "
+                "WHERE id = $1 AND removed_at IS NULL RETURNING removed_at",
+                history_id,
+            )
+            if removed is None:
+                raise Conflict(
+                    f"score {history_id} was already removed", code="score_already_removed"
+                )
+            remaining = (
+                "FROM score_history WHERE leaderboard_id = $1 AND period = $2 AND user_id = $3 "
+                "AND removed_at IS NULL"
+            )
+            old: int | None = None if record is None else record["score"]
+            new: int | None = None
+            reached: dt.datetime | None = None
+            increment: int = found["score_increment"]
+            if board.operator in ("incr", "decr"):
+                sign = 1 if board.operator == "incr" else -1
+                left = await conn.fetchrow(
+                    f"SELECT count(*) AS n, sum(score_increment) AS total {remaining}", *key
+                )
+                if left["n"]:
+                    # Subtract what the removed row added; from the remaining rows
+                    # only if the record is somehow missing.
+                    new = old - sign * increment if old is not None else sign * int(left["total"])
+            else:
+                order = (
+                    "created_at DESC, id DESC"
+                    if board.operator == "set"
+                    else f"score_increment {board.sort_order.upper()}, created_at, id"
+                )
+                kept = await conn.fetchrow(
+                    f"SELECT score_increment, created_at {remaining} ORDER BY {order} LIMIT 1",
+                    *key,
+                )
+                if kept is not None:
+                    # Reached when that row was: the tie-break stays fair. (An
+                    # incr/decr total is reached now, as the ledger would have it.)
+                    new, reached = kept["score_increment"], kept["created_at"]
+            if new is not None and not -MAX_SCORE <= new <= MAX_SCORE:
+                raise Unprocessable(
+                    "removing this score would put the record out of range",
+                    code="score_out_of_range",
+                )
+            state_row = None
+            if new is None:
+                await conn.execute(
+                    "DELETE FROM leaderboard_records "
+                    "WHERE leaderboard_id = $1 AND period = $2 AND user_id = $3",
+                    *key,
+                )
+            elif record is None:
+                state_row = await conn.fetchrow(
+                    "INSERT INTO leaderboard_records "
+                    "(leaderboard_id, period, user_id, score, reached_at, updated_at, version) "
+                    "VALUES ($1, $2, $3, $4, coalesce($5, clock_timestamp()), "
+                    "clock_timestamp(), 1) "
+                    "RETURNING user_id, score, reached_at, version",
+                    *key,
+                    new,
+                    reached,
+                )
+            else:
+                state_row = await conn.fetchrow(
+                    "UPDATE leaderboard_records SET score = $4, updated_at = clock_timestamp(), "
+                    "reached_at = CASE WHEN score = $4 THEN reached_at "
+                    "ELSE coalesce($5, clock_timestamp()) END, "
+                    "version = version + 1 "
+                    "WHERE leaderboard_id = $1 AND period = $2 AND user_id = $3 "
+                    "RETURNING user_id, score, reached_at, version",
+                    *key,
+                    new,
+                    reached,
+                )
+            current = found["period"] == found["current_period"]
+            username = await conn.fetchval(
+                "SELECT username FROM users WHERE id = $1", found["user_id"]
+            )
+            if board.id == "global" and current:
+                await conn.execute(
+                    "UPDATE users SET current_score = $2, updated_at = clock_timestamp() "
+                    "WHERE id = $1",
+                    found["user_id"],
+                    new or 0,
+                )
+            user_id = str(found["user_id"])
+            await self._audit_aio(
+                conn,
+                actor,
+                "score.remove",
+                str(history_id),
+                {
+                    "user_id": user_id,
+                    "leaderboard": board.id,
+                    "period": found["period"],
+                    "score_increment": increment,
+                    "old_score": old,
+                    "new_score": new,
+                    "reason": reason,
+                },
+            )
+        state = None
+        if state_row is not None and current:
+            row = dict(state_row) | {"username": username}
+            state = _state(board.id, board.current_period, board.descending, row)
+        return {
+            "history_id": history_id,
+            "user_id": user_id,
+            "leaderboard": board.id,
+            "period": found["period"],
+            "old_score": old,
+            "new_score": new,
+            "board": board,
+            "state": state,
+        }
+
+    @staticmethod
+    def _case_row(row: Any) -> dict[str, Any]:
+        return dict(row) | {
+            "risk_score": float(row["risk_score"]),
+            "metadata": json.loads(row["metadata"]),
+        }
+
+    @staticmethod
+    async def _audit_aio(
+        conn: Any,  # a connection in the caller's transaction, or the pool
+        actor: str,
+        action: str,
+        target: str | None,
+        details: dict[str, Any],
+    ) -> None:
+        await conn.execute(
+            "INSERT INTO audit_log (actor, action, target, details) VALUES ($1, $2, $3, $4::jsonb)",
+            actor,
+            action,
+            target,
+            json.dumps(details),
+        )
 
 
 @contextlib.asynccontextmanager

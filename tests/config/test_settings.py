@@ -72,6 +72,22 @@ EXPECTED_DEFAULTS: dict[str, object] = {
     "actor_restart_window_s": 60.0,
     "actor_backoff_initial_s": 0.1,
     "actor_backoff_max_s": 5.0,
+    "trusted_proxies": "",
+    "fraud_enabled": True,
+    "fraud_flag_threshold": 0.5,
+    "fraud_block_threshold": 0.8,
+    "fraud_weights": "",
+    "fraud_shadow_ban_blocks": 3,
+    "fraud_shadow_ban_window_s": 86400.0,
+    "fraud_webhook_url": None,
+    "fraud_webhook_retries": 3,
+    "fraud_queue_size": 10000,
+    "rate_user_per_s": 5.0,
+    "rate_user_burst": 20,
+    "rate_ip_per_s": 50.0,
+    "rate_ip_burst": 200,
+    "rate_service_per_s": 2000.0,
+    "rate_service_burst": 4000,
 }
 SECRET_FIELDS = {"jwt_secret", "service_key", "action_key", "admin_token", "action_retired_keys"}
 
@@ -626,3 +642,20 @@ def test_describe_type_names_match_annotations() -> None:
     annotations = {f.name: f.type for f in dataclasses.fields(Settings)}
     for info in describe():
         assert info.type_name == annotations[info.name]
+
+
+def test_to_environ_round_trips_the_settings_that_differ(tmp_path: Path) -> None:
+    settings = Settings(
+        http_port=9100,
+        data_dir=tmp_path,
+        fraud_enabled=False,
+        rate_user_per_s=12.5,
+        jwt_secret="j" * 40,
+        trusted_proxies="10.0.0.0/8",
+    )
+    environ = settings.to_environ()
+    assert environ["PODIUM_HTTP_PORT"] == "9100"
+    assert environ["PODIUM_FRAUD_ENABLED"] == "false"
+    assert environ["PODIUM_JWT_SECRET"] == "j" * 40
+    assert "PODIUM_WS_PORT" not in environ  # the default is left out
+    assert Settings.from_sources(environ) == settings

@@ -34,13 +34,7 @@ class NodeProcess:
 
     def __init__(self, settings: Settings) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PODIUM_")}
-        env |= {
-            "PODIUM_REDIS_URL": settings.redis_url or "",
-            "PODIUM_DATABASE_URL": settings.database_url or "",
-            "PODIUM_JWT_SECRET": settings.jwt_secret or "",
-            "PODIUM_SERVICE_KEY": settings.service_key or "",
-            "PODIUM_ACTION_KEY": settings.action_key or "",
-            "PODIUM_ADMIN_TOKEN": settings.admin_token or "",
+        env |= settings.to_environ() | {
             "PODIUM_HTTP_PORT": "0",
             "PODIUM_WS_PORT": "0",
             "PODIUM_LOG_FORMAT": "json",

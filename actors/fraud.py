@@ -1,0 +1,693 @@
+"""The fraud actor: admits or refuses each submission before it is committed.
+
+For every submission the score path asks :meth:`FraudClient.admit`. The actor
+takes whatever admissions are waiting and answers them all from **one**
+Redis round trip (through the ranking actor's pipeline, the node's only way
+to Redis), in which it
+
+1. claims the action token's nonce (409 if it was used; a nonce is consumed
+   once across all nodes);
+2. spends one request of the player's and of the client IP's rate limits
+   (GCRA, ``lua/gcra.lua``): over either → 429 with ``Retry-After``, and the
+   nonce is given back so the same token may be retried;
+3. reads and updates what the fraud engine knows about the player, the IP
+   and the device (``lua/fraud_user.lua``, ``lua/fraud_source.lua``), then
+   scores it with the pure model of :mod:`protocol.fraud`: **allow**, **flag**
+   (allowed, logged) or **block** (403 ``fraud_blocked``; the nonce stays
+   spent, nothing reaches the ledger or the ranking).
+
+Flags and blocks are written to FRAUD_LOGS in batches with the factor
+breakdown, update the player's rolling risk profile in Redis, and — for
+blocks — count towards an automatic **shadow ban** after
+``fraud_shadow_ban_blocks`` within ``fraud_shadow_ban_window_s``. Alerts go
+to an optional webhook from a bounded queue; a slow or failing webhook never
+slows a submission (alerts beyond the queue are dropped and counted).
+
+*Error handling*: if Redis cannot answer, submissions are admitted without
+rate limits or fraud scores (PostgreSQL still refuses a reused nonce) and
+the outage is counted: a leaderboard that stops taking scores because its
+fraud signals are unreachable would punish every honest player.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+import outcome
+import trio
+
+from actors.ranking import RankingClient, Reply, answer
+from protocol import fraud
+from protocol.errors import RateLimited, Unavailable
+from server.stores.redis_store import Command, CommandError, Script
+
+if TYPE_CHECKING:
+    from server.stores.pg_store import PostgresStore
+
+log = logging.getLogger(__name__)
+
+_MAX_BATCH: Final = 500
+_LOG_BATCH: Final = 500
+#: The most players remembered per IP or device.
+_SOURCE_USERS_MAX: Final = 1000
+#: Recent velocities remembered per action type, and action types remembered.
+_POPULATION_SIZE: Final = 2048
+_POPULATIONS_MAX: Final = 64
+_RETRY_BACKOFF_S: Final = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0, 60.0)
+
+Decision = Literal["admitted", "nonce_used", "rate_limited", "blocked"]
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """A GCRA limit: ``per_s`` on average, ``burst`` at once above it."""
+
+    per_s: float
+    burst: int
+
+    @property
+    def interval_ms(self) -> float:
+        return 1000.0 / self.per_s
+
+
+@dataclass(frozen=True, slots=True)
+class FraudPolicy:
+    """How the actor decides and acts, from settings (see :func:`policy_from_settings`)."""
+
+    enabled: bool
+    params: fraud.FraudParams
+    user_limit: RateLimit
+    ip_limit: RateLimit
+    shadow_ban_blocks: int
+    shadow_ban_window_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """One submission, as far as admission needs to know it."""
+
+    user_id: str
+    ip: str | None
+    device: str | None
+    leaderboard: str
+    action_type: str
+    delta: int
+    delta_min: int
+    delta_max: int
+    nonce: str
+    nonce_ttl_s: int
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The actor's answer: ``decision``, and for ``rate_limited`` how long to wait."""
+
+    decision: Decision
+    retry_after_s: float = 0.0
+    limited_by: str | None = None
+    assessment: fraud.Assessment | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FraudStatistics:
+    admitted: int
+    flagged: int
+    blocked: int
+    rate_limited: int
+    nonce_used: int
+    unscored: int
+    shadow_bans: int
+    log_queue: int
+    alerts_sent: int
+    alerts_failed: int
+    alerts_dropped: int
+
+
+@dataclass(slots=True)
+class _Counters:
+    admitted: int = 0
+    flagged: int = 0
+    blocked: int = 0
+    rate_limited: int = 0
+    nonce_used: int = 0
+    unscored: int = 0
+    shadow_bans: int = 0
+    alerts_sent: int = 0
+    alerts_failed: int = 0
+    alerts_dropped: int = 0
+
+
+@dataclass(slots=True)
+class _Pending:
+    admission: Admission
+    reply: Reply
+
+
+@dataclass(frozen=True, slots=True)
+class FraudLogRow:
+    """One FRAUD_LOGS row: explains a decision on its own."""
+
+    user_id: str | None
+    event_type: Literal["flag", "block", "shadow_ban"]
+    risk: float
+    metadata: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class _Event:
+    """A flag or block, for the risk profile (and maybe a shadow ban)."""
+
+    user_id: str
+    decision: Literal["flag", "block"]
+    risk: float
+    at: float
+
+
+@dataclass(slots=True)
+class _Slots:
+    """Where one admission's results sit in the pipeline's answer."""
+
+    nonce: int
+    user_rate: int
+    ip_rate: int | None
+    user: int | None = None
+    ip: int | None = None
+    device: int | None = None
+    extra: list[int] = field(default_factory=list)
+
+
+class Keys:
+    """Redis keys of the fraud engine; each player's, IP's and device's share a hash tag."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def nonce(self, nonce: str) -> str:
+        return f"{self.prefix}:nonce:{nonce}"
+
+    def user(self, user_id: str, part: str) -> str:
+        return f"{self.prefix}:u:{{{user_id}}}:{part}"
+
+    def source(self, kind: str, source: str, part: str) -> str:
+        return f"{self.prefix}:{kind}:{{{source}}}:{part}"
+
+    def service(self) -> str:
+        return f"{self.prefix}:svc:rate"
+
+
+def device_key(device: str) -> str:
+    """A short, fixed-size name for a device identifier (a header the client chose)."""
+    return hashlib.blake2b(device.encode("utf-8", "replace"), digest_size=10).hexdigest()
+
+
+def gcra(key: str, limit: RateLimit, now_s: float) -> Script:
+    """The command spending one request of ``limit`` on ``key`` (answer: 0 or ms to wait)."""
+    return Script("gcra", [key], [int(now_s * 1000), f"{limit.interval_ms:.3f}", limit.burst])
+
+
+class FraudActor:
+    """See the module docstring. Reach it through :class:`FraudClient`."""
+
+    def __init__(
+        self,
+        *,
+        policy: FraudPolicy,
+        ranking: RankingClient,
+        postgres: PostgresStore,
+        key_prefix: str,
+        inbox: trio.MemoryReceiveChannel[Any],
+        queue_size: int,
+        node_id: str,
+        webhook: Callable[[dict[str, Any]], Any] | None = None,
+        webhook_retries: int = 3,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._policy = policy
+        self._ranking = ranking
+        self._postgres = postgres
+        self._keys = Keys(key_prefix)
+        self._receive: trio.MemoryReceiveChannel[_Pending] = inbox
+        self._node_id = node_id
+        self._clock = clock
+        self._webhook = webhook
+        self._webhook_retries = webhook_retries
+        # Per action type: kills and points do not share a normal.
+        self._populations: dict[str, fraud.PopulationSketch] = {}
+        self._logs_send, self._logs_receive = trio.open_memory_channel[FraudLogRow](queue_size)
+        self._events_send, self._events_receive = trio.open_memory_channel[_Event](queue_size)
+        self._alerts_send, self._alerts_receive = trio.open_memory_channel[dict[str, Any]](
+            min(queue_size, 1000)
+        )
+        self._shadow_banned: set[str] = set()
+        self._counters = _Counters()
+
+    @staticmethod
+    def open_inbox(queue_size: int) -> tuple[FraudClient, trio.MemoryReceiveChannel[Any]]:
+        """The actor's inbox, made apart from it so it survives restarts: (client, inbox)."""
+        send, receive = trio.open_memory_channel[_Pending](queue_size)
+        return FraudClient(send), receive
+
+    def statistics(self) -> FraudStatistics:
+        c = self._counters
+        return FraudStatistics(
+            admitted=c.admitted,
+            flagged=c.flagged,
+            blocked=c.blocked,
+            rate_limited=c.rate_limited,
+            nonce_used=c.nonce_used,
+            unscored=c.unscored,
+            shadow_bans=c.shadow_bans,
+            log_queue=self._logs_receive.statistics().current_buffer_used,
+            alerts_sent=c.alerts_sent,
+            alerts_failed=c.alerts_failed,
+            alerts_dropped=c.alerts_dropped,
+        )
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve admissions until cancelled; logs, profiles and alerts run beside them."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._write_logs)
+            nursery.start_soon(self._update_profiles)
+            if self._webhook is not None:
+                nursery.start_soon(self._send_alerts)
+            task_status.started()
+            while True:
+                batch = [await self._receive.receive()]
+                while len(batch) < _MAX_BATCH:
+                    try:
+                        batch.append(self._receive.receive_nowait())
+                    except trio.WouldBlock:
+                        break
+                await self._admit(batch)
+
+    # ---- admission: one round trip per batch
+
+    def _commands(self, admission: Admission, now: float) -> tuple[list[Command], _Slots]:
+        keys, policy = self._keys, self._policy
+        commands: list[Command] = [
+            ("SET", keys.nonce(admission.nonce), "1", "NX", "EX", max(1, admission.nonce_ttl_s)),
+            gcra(keys.user(admission.user_id, "rate"), policy.user_limit, now),
+        ]
+        slots = _Slots(nonce=0, user_rate=1, ip_rate=None)
+        if admission.ip:
+            slots.ip_rate = len(commands)
+            commands.append(gcra(keys.source("ip", admission.ip, "rate"), policy.ip_limit, now))
+        if not policy.enabled:
+            return commands, slots
+        now_ms = int(now * 1000)
+        window_ms = int(fraud.FREQUENCY_WINDOW_S * 1000)
+        identity_ms = int(fraud.IDENTITY_WINDOW_S * 1000)
+        slots.user = len(commands)
+        commands.append(
+            Script(
+                "fraud_user",
+                [
+                    keys.user(admission.user_id, f"hist:{admission.action_type}"),
+                    keys.user(admission.user_id, "ips"),
+                ],
+                [now_ms, admission.delta, admission.ip or "", fraud.HISTORY_MAX, identity_ms],
+            )
+        )
+        window, into = divmod(now_ms, window_ms)
+        for kind, source in (("ip", admission.ip), ("dev", admission.device)):
+            if not source:
+                continue
+            if kind == "dev":
+                source = device_key(source)
+                slots.device = len(commands)
+            else:
+                slots.ip = len(commands)
+            commands.append(
+                Script(
+                    "fraud_source",
+                    [
+                        keys.source(kind, source, f"n:{window}"),
+                        keys.source(kind, source, f"n:{window - 1}"),
+                        keys.source(kind, source, "users"),
+                    ],
+                    [
+                        now_ms,
+                        f"{into / window_ms:.4f}",
+                        window_ms,
+                        admission.user_id,
+                        identity_ms,
+                        _SOURCE_USERS_MAX,
+                    ],
+                )
+            )
+        return commands, slots
+
+    async def _admit(self, batch: list[_Pending]) -> None:
+        now = self._clock()
+        commands: list[Command] = []
+        plans: list[tuple[_Pending, int, _Slots]] = []
+        for pending in batch:
+            own, slots = self._commands(pending.admission, now)
+            plans.append((pending, len(commands), slots))
+            commands += own
+        try:
+            results = await self._ranking.run(commands)
+        except Unavailable as exc:
+            log.warning(
+                "fraud signals unavailable; admitting without them", extra={"error": exc.message}
+            )
+            for pending in batch:
+                self._counters.unscored += 1
+                self._counters.admitted += 1
+                answer(pending.reply, outcome.Value(Verdict("admitted")))
+            return
+        releases: list[Command] = []
+        for pending, start, slots in plans:
+            verdict = self._judge(pending.admission, results, start, slots, now)
+            if verdict.decision == "rate_limited":
+                releases.append(("DEL", self._keys.nonce(pending.admission.nonce)))
+            answer(pending.reply, outcome.Value(verdict))
+        if releases:
+            # Best effort: a claim left behind only costs that token a retry.
+            self._ranking.run_nowait(releases)
+
+    def _judge(
+        self, admission: Admission, results: list[Any], start: int, slots: _Slots, now: float
+    ) -> Verdict:
+        counters = self._counters
+        claimed = results[start + slots.nonce]
+        if claimed is None:
+            counters.nonce_used += 1
+            return Verdict("nonce_used")
+        waits = [
+            (scope, results[start + slot])
+            for scope, slot in (("user", slots.user_rate), ("ip", slots.ip_rate))
+            if slot is not None
+        ]
+        limited = [(int(ms), scope) for scope, ms in waits if isinstance(ms, int) and ms > 0]
+        if limited:
+            counters.rate_limited += 1
+            ms, scope = max(limited)
+            return Verdict("rate_limited", retry_after_s=ms / 1000.0, limited_by=scope)
+        if slots.user is None:
+            counters.admitted += 1
+            return Verdict("admitted")
+        signals = self._signals(admission, results, start, slots, now)
+        if signals is None:
+            counters.unscored += 1
+            counters.admitted += 1
+            return Verdict("admitted")
+        assessment = fraud.assess(signals, self._policy.params)
+        if assessment.decision == "allow":
+            # Only allowed submissions shape the normal, so cheaters cannot drag it up.
+            self._population(admission.action_type).observe(
+                fraud.user_velocity(
+                    signals.user_times,
+                    signals.user_deltas,
+                    now,
+                    admission.delta,
+                    self._policy.params.velocity_window_s,
+                )
+            )
+            counters.admitted += 1
+            return Verdict("admitted", assessment=assessment)
+        self._record(admission, assessment, now)
+        if assessment.decision == "flag":
+            counters.flagged += 1
+            counters.admitted += 1
+            return Verdict("admitted", assessment=assessment)
+        counters.blocked += 1
+        return Verdict("blocked", assessment=assessment)
+
+    def _population(self, action_type: str) -> fraud.PopulationSketch:
+        sketch = self._populations.get(action_type)
+        if sketch is None:
+            if len(self._populations) >= _POPULATIONS_MAX:
+                self._populations.pop(next(iter(self._populations)))
+            sketch = self._populations[action_type] = fraud.PopulationSketch(_POPULATION_SIZE)
+        return sketch
+
+    def _signals(
+        self, admission: Admission, results: list[Any], start: int, slots: _Slots, now: float
+    ) -> fraud.Signals | None:
+        assert slots.user is not None
+        user = results[start + slots.user]
+        ip = results[start + slots.ip] if slots.ip is not None else [0, 1]
+        device = results[start + slots.device] if slots.device is not None else [0, 1]
+        if any(isinstance(r, CommandError) for r in (user, ip, device)):
+            failed = next(r for r in (user, ip, device) if isinstance(r, CommandError))
+            log.error("reading fraud signals failed: %s", failed.message)
+            return None
+        history, user_ips = user
+        times: list[float] = []
+        deltas: list[int] = []
+        for entry in reversed(history):  # oldest first
+            at, _, delta = entry.partition("|")
+            times.append(int(at) / 1000.0)
+            deltas.append(int(delta))
+        return fraud.Signals(
+            now=now,
+            delta=admission.delta,
+            delta_min=admission.delta_min,
+            delta_max=admission.delta_max,
+            user_times=times,
+            user_deltas=deltas,
+            ip_requests=int(ip[0]),
+            device_requests=int(device[0]),
+            ip_users=max(1, int(ip[1])),
+            device_users=max(1, int(device[1])),
+            user_ips=max(1, int(user_ips)),
+            population=self._population(admission.action_type).stats(),
+        )
+
+    # ---- after a flag or block: the log row, the risk profile, the alert
+
+    def _record(self, admission: Admission, assessment: fraud.Assessment, now: float) -> None:
+        decision = assessment.decision
+        assert decision in ("flag", "block")
+        row = FraudLogRow(
+            user_id=admission.user_id,
+            event_type=decision,
+            risk=assessment.risk,
+            metadata={
+                "assessment": assessment.as_json(),
+                "leaderboard": admission.leaderboard,
+                "action_type": admission.action_type,
+                "delta": admission.delta,
+                "nonce": admission.nonce,
+                "ip": admission.ip,
+                "device": admission.device,
+                "node": self._node_id,
+                "at": now,
+            },
+        )
+        self._log_nowait(row)
+        try:
+            self._events_send.send_nowait(_Event(admission.user_id, decision, assessment.risk, now))
+        except trio.WouldBlock:
+            log.warning("risk profile queue full; profile not updated")
+        if decision == "block":
+            log.warning(
+                "submission blocked as fraud",
+                extra={
+                    "user_id": admission.user_id,
+                    "risk": round(assessment.risk, 4),
+                    "reasons": list(assessment.reasons),
+                },
+            )
+            self._alert_nowait({"event": "fraud_blocked", **row.metadata, "user_id": row.user_id})
+
+    def _log_nowait(self, row: FraudLogRow) -> None:
+        try:
+            self._logs_send.send_nowait(row)
+        except trio.WouldBlock:
+            # The queue is PODIUM_FRAUD_QUEUE_SIZE rows: PostgreSQL has been down a while.
+            log.error("fraud log queue full; a decision is only in this log line: %s", row)
+
+    def _alert_nowait(self, alert: dict[str, Any]) -> None:
+        if self._webhook is None:
+            return
+        try:
+            self._alerts_send.send_nowait(alert)
+        except trio.WouldBlock:
+            self._counters.alerts_dropped += 1
+
+    async def _write_logs(self) -> None:
+        while True:
+            rows = [await self._logs_receive.receive()]
+            while len(rows) < _LOG_BATCH:
+                try:
+                    rows.append(self._logs_receive.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            for backoff in (*_RETRY_BACKOFF_S, None):
+                try:
+                    await self._postgres.insert_fraud_logs(rows)
+                    break
+                except Unavailable as exc:
+                    if backoff is None:
+                        log.error("fraud logs dropped", extra={"rows": len(rows)})
+                        break
+                    log.warning("fraud logs not written yet", extra={"error": exc.message})
+                    await trio.sleep(backoff)
+
+    async def _update_profiles(self) -> None:
+        policy = self._policy
+        window_ms = int(policy.shadow_ban_window_s * 1000)
+        while True:
+            events = [await self._events_receive.receive()]
+            while len(events) < _LOG_BATCH:
+                try:
+                    events.append(self._events_receive.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            commands: list[Command] = [
+                Script(
+                    "risk_profile",
+                    [self._keys.user(e.user_id, "risk"), self._keys.user(e.user_id, "blocks")],
+                    [int(e.at * 1000), e.decision, f"{e.risk:.4f}", window_ms],
+                )
+                for e in events
+            ]
+            try:
+                counts = await self._ranking.run(commands)
+            except Unavailable as exc:
+                log.warning("risk profiles not updated", extra={"error": exc.message})
+                continue
+            for event, blocks in zip(events, counts, strict=True):
+                if (
+                    event.decision == "block"
+                    and policy.shadow_ban_blocks > 0
+                    and isinstance(blocks, int)
+                    and blocks >= policy.shadow_ban_blocks
+                    and event.user_id not in self._shadow_banned
+                ):
+                    await self._shadow_ban(event.user_id, blocks)
+
+    async def _shadow_ban(self, user_id: str, blocks: int) -> None:
+        policy = self._policy
+        reason = (
+            f"{blocks} blocked submissions within {policy.shadow_ban_window_s:g} s "
+            f"(limit {policy.shadow_ban_blocks})"
+        )
+        try:
+            changed = await self._postgres.auto_shadow_ban(user_id, reason=reason)
+            self._shadow_banned.add(user_id)
+            if changed:
+                await self._ranking.set_hidden(user_id, True)
+        except Unavailable as exc:
+            log.warning("shadow ban postponed", extra={"user_id": user_id, "error": exc.message})
+            return
+        if changed:
+            self._counters.shadow_bans += 1
+            log.warning("player shadow-banned", extra={"user_id": user_id, "reason": reason})
+            self._alert_nowait({"event": "shadow_ban", "user_id": user_id, "reason": reason})
+
+    async def _send_alerts(self) -> None:
+        assert self._webhook is not None
+        while True:
+            alert = await self._alerts_receive.receive()
+            for attempt in range(self._webhook_retries + 1):
+                try:
+                    await self._webhook(alert)
+                except Exception as exc:
+                    if attempt == self._webhook_retries:
+                        self._counters.alerts_failed += 1
+                        log.warning("fraud alert not delivered", extra={"error": repr(exc)})
+                    else:
+                        await trio.sleep(_RETRY_BACKOFF_S[min(attempt, 3)])
+                else:
+                    self._counters.alerts_sent += 1
+                    break
+
+
+@dataclass(slots=True)
+class FraudClient:
+    """How the score path asks the fraud actor."""
+
+    _inbox: trio.MemorySendChannel[_Pending]
+
+    async def admit(self, admission: Admission) -> Verdict:
+        """Claim the nonce, spend the rate limits, score the risk; the :class:`Verdict`.
+
+        Raises :class:`Unavailable` if the actor's queue is full.
+        """
+        send, receive = trio.open_memory_channel[outcome.Outcome[Any]](1)
+        try:
+            self._inbox.send_nowait(_Pending(admission, send))
+        except trio.WouldBlock:
+            raise Unavailable(
+                "too many score submissions are waiting; retry shortly", code="overloaded"
+            ) from None
+        verdict: Verdict = (await receive.receive()).unwrap()
+        return verdict
+
+
+def policy_from_settings(settings: Any) -> FraudPolicy:
+    """The :class:`FraudPolicy` that ``settings`` (a :class:`config.Settings`) describe."""
+    overrides: dict[str, Any] = {
+        f"{name}_weight": float(value)
+        for name, _, value in (
+            pair.partition("=") for pair in filter(None, settings.fraud_weights.split(","))
+        )
+    }
+    params = dataclasses.replace(
+        fraud.FraudParams(),
+        flag_threshold=settings.fraud_flag_threshold,
+        block_threshold=settings.fraud_block_threshold,
+        **overrides,
+    )
+    return FraudPolicy(
+        enabled=settings.fraud_enabled,
+        params=params,
+        user_limit=RateLimit(settings.rate_user_per_s, settings.rate_user_burst),
+        ip_limit=RateLimit(settings.rate_ip_per_s, settings.rate_ip_burst),
+        shadow_ban_blocks=settings.fraud_shadow_ban_blocks,
+        shadow_ban_window_s=settings.fraud_shadow_ban_window_s,
+    )
+
+
+class RateLimiter:
+    """Rate limits off the score path: sign-ins per client IP, minting per service key.
+
+    Spends one request of a GCRA limit in Redis (through the ranking actor's
+    pipeline) and raises :class:`RateLimited` when over it. If Redis cannot
+    answer, the request passes: a limiter must not take the service down.
+    """
+
+    def __init__(
+        self,
+        ranking: RankingClient,
+        *,
+        key_prefix: str,
+        ip_limit: RateLimit,
+        service_limit: RateLimit,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._ranking = ranking
+        self._keys = Keys(key_prefix)
+        self._ip_limit = ip_limit
+        self._service_limit = service_limit
+        self._clock = clock
+
+    async def check_ip(self, ip: str | None) -> None:
+        """Spend one of ``ip``'s requests (sign-ins share the IP's score-submission limit)."""
+        if ip:
+            await self._spend(self._keys.source("ip", ip, "rate"), self._ip_limit, "this address")
+
+    async def check_service(self) -> None:
+        """Spend one of the game servers' action-token mints."""
+        await self._spend(self._keys.service(), self._service_limit, "the service key")
+
+    async def _spend(self, key: str, limit: RateLimit, who: str) -> None:
+        try:
+            (wait_ms,) = await self._ranking.run([gcra(key, limit, self._clock())])
+        except Unavailable:
+            return
+        if isinstance(wait_ms, int) and wait_ms > 0:
+            raise RateLimited(
+                f"too many requests from {who}; retry in {wait_ms / 1000:.1f} s",
+                retry_after_s=wait_ms / 1000,
+                code="rate_limited",
+            )

@@ -211,6 +211,32 @@ def gcra(key: str, limit: RateLimit, now_s: float) -> Script:
     return Script("gcra", [key], [int(now_s * 1000), f"{limit.interval_ms:.3f}", limit.burst])
 
 
+def source_seen(keys: Keys, kind: str, source: str, user_id: str, now_s: float) -> Script:
+    """The command noting a request of ``user_id`` from an IP (``kind`` "ip") or a device
+    ("dev"); its answer: [requests in the last minute before this one, players seen there]."""
+    if kind == "dev":
+        source = device_key(source)
+    now_ms = int(now_s * 1000)
+    window_ms = int(fraud.FREQUENCY_WINDOW_S * 1000)
+    window, into = divmod(now_ms, window_ms)
+    return Script(
+        "fraud_source",
+        [
+            keys.source(kind, source, f"n:{window}"),
+            keys.source(kind, source, f"n:{window - 1}"),
+            keys.source(kind, source, "users"),
+        ],
+        [
+            now_ms,
+            f"{into / window_ms:.4f}",
+            window_ms,
+            user_id,
+            int(fraud.IDENTITY_WINDOW_S * 1000),
+            _SOURCE_USERS_MAX,
+        ],
+    )
+
+
 class FraudActor:
     """See the module docstring. Reach it through :class:`FraudClient`."""
 
@@ -300,8 +326,6 @@ class FraudActor:
             commands.append(gcra(keys.source("ip", admission.ip, "rate"), policy.ip_limit, now))
         if not policy.enabled:
             return commands, slots
-        now_ms = int(now * 1000)
-        window_ms = int(fraud.FREQUENCY_WINDOW_S * 1000)
         identity_ms = int(fraud.IDENTITY_WINDOW_S * 1000)
         slots.user = len(commands)
         commands.append(
@@ -311,36 +335,21 @@ class FraudActor:
                     keys.user(admission.user_id, f"hist:{admission.action_type}"),
                     keys.user(admission.user_id, "ips"),
                 ],
-                [now_ms, admission.delta, admission.ip or "", fraud.HISTORY_MAX, identity_ms],
+                [
+                    int(now * 1000),
+                    admission.delta,
+                    admission.ip or "",
+                    fraud.HISTORY_MAX,
+                    identity_ms,
+                ],
             )
         )
-        window, into = divmod(now_ms, window_ms)
-        for kind, source in (("ip", admission.ip), ("dev", admission.device)):
-            if not source:
-                continue
-            if kind == "dev":
-                source = device_key(source)
-                slots.device = len(commands)
-            else:
-                slots.ip = len(commands)
-            commands.append(
-                Script(
-                    "fraud_source",
-                    [
-                        keys.source(kind, source, f"n:{window}"),
-                        keys.source(kind, source, f"n:{window - 1}"),
-                        keys.source(kind, source, "users"),
-                    ],
-                    [
-                        now_ms,
-                        f"{into / window_ms:.4f}",
-                        window_ms,
-                        admission.user_id,
-                        identity_ms,
-                        _SOURCE_USERS_MAX,
-                    ],
-                )
-            )
+        if admission.ip:
+            slots.ip = len(commands)
+            commands.append(source_seen(keys, "ip", admission.ip, admission.user_id, now))
+        if admission.device:
+            slots.device = len(commands)
+            commands.append(source_seen(keys, "dev", admission.device, admission.user_id, now))
         return commands, slots
 
     async def _admit(self, batch: list[_Pending]) -> None:
@@ -626,17 +635,10 @@ class FraudClient:
 
 def policy_from_settings(settings: Any) -> FraudPolicy:
     """The :class:`FraudPolicy` that ``settings`` (a :class:`config.Settings`) describe."""
-    overrides: dict[str, Any] = {
-        f"{name}_weight": float(value)
-        for name, _, value in (
-            pair.partition("=") for pair in filter(None, settings.fraud_weights.split(","))
-        )
-    }
     params = dataclasses.replace(
-        fraud.FraudParams(),
+        fraud.parse_params(settings.fraud_params),
         flag_threshold=settings.fraud_flag_threshold,
         block_threshold=settings.fraud_block_threshold,
-        **overrides,
     )
     return FraudPolicy(
         enabled=settings.fraud_enabled,
@@ -675,6 +677,18 @@ class RateLimiter:
         """Spend one of ``ip``'s requests (sign-ins share the IP's score-submission limit)."""
         if ip:
             await self._spend(self._keys.source("ip", ip, "rate"), self._ip_limit, "this address")
+
+    def note_sign_in_nowait(self, user_id: str, *, ip: str | None, device: str | None) -> None:
+        """Remember that ``user_id`` signed in from ``ip`` and ``device``: an account farm
+        shows on its IP from its sign-ups, before its first score (best effort)."""
+        now = self._clock()
+        commands = [
+            source_seen(self._keys, kind, source, user_id, now)
+            for kind, source in (("ip", ip), ("dev", device))
+            if source
+        ]
+        if commands:
+            self._ranking.run_nowait(commands)
 
     async def check_service(self) -> None:
         """Spend one of the game servers' action-token mints."""

@@ -709,7 +709,7 @@ def header(opts: Options, machine: dict[str, Any]) -> str:
 #: still gathers every signal and scores every submission, so its cost is measured.
 #: `--node-env PODIUM_FRAUD_ENABLED=false` measures the node without it.
 ONE_MACHINE_MANY_PLAYERS: Final = {
-    "PODIUM_FRAUD_WEIGHTS": "frequency=0,timing=0,identity=0",
+    "PODIUM_FRAUD_PARAMS": "frequency_weight=0,timing_weight=0,identity_weight=0",
     "PODIUM_RATE_USER_PER_S": "100000",
     "PODIUM_RATE_USER_BURST": "1000000",
     "PODIUM_RATE_IP_PER_S": "100000",
@@ -721,8 +721,16 @@ ONE_MACHINE_MANY_PLAYERS: Final = {
 
 @contextlib.asynccontextmanager
 async def running_node(
-    opts: Options, root: Path, redis_url: str, database_url: str, secrets_: NodeSecrets
+    opts: Options,
+    root: Path,
+    redis_url: str,
+    database_url: str,
+    secrets_: NodeSecrets,
+    *,
+    load_test: bool = True,
 ) -> AsyncIterator[tuple[NodeProcess, int]]:
+    """A node for the benchmarks; ``load_test`` lifts what stops one machine
+    posing as many players (:data:`ONE_MACHINE_MANY_PLAYERS`)."""
     http_port, ws_port = free_port(HOST), free_port(HOST)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PODIUM_")}
     env |= {
@@ -743,7 +751,8 @@ async def running_node(
         "PODIUM_NODE_ID": "bench-node",
         "PODIUM_GRACEFUL_TIMEOUT_S": "5",
     }
-    env |= ONE_MACHINE_MANY_PLAYERS
+    if load_test:
+        env |= ONE_MACHINE_MANY_PLAYERS
     env |= dict(opts.node_env)
     node = NodeProcess(env, root / "node.log", http_port)
     try:

@@ -1481,7 +1481,10 @@ async def run_private(opts: Options, root: Path) -> dict[str, Any]:
     async with (
         open_embedded_redis(root / "redis", persist=True) as redis,
         open_embedded_postgres(root / "postgres", durable=True) as postgres,
-        http_bench.running_node(node_opts, root, redis.url, postgres.dsn, secrets_) as (node, _),
+        # The node as deployed: every fraud factor and rate limit at its default.
+        http_bench.running_node(
+            node_opts, root, redis.url, postgres.dsn, secrets_, load_test=False
+        ) as (node, _),
     ):
         await node.wait_ready()
         print(

@@ -301,24 +301,22 @@ def _networks() -> _Kind:
     return _Kind("str", "comma-separated IP networks, e.g. 10.0.0.0/8,127.0.0.1/32", convert)
 
 
-def _fraud_weights() -> _Kind:
-    weight = re.compile(r"0(\.[0-9]+)?|1(\.0+)?")
-
+def _fraud_params() -> _Kind:
     def convert(raw: object) -> str:
-        from protocol.fraud import FACTORS
+        from protocol.fraud import parse_params
 
         if not isinstance(raw, str):
             raise _Invalid
-        for pair in filter(None, raw.split(",")):
-            name, _, value = pair.partition("=")
-            if name not in FACTORS or not weight.fullmatch(value):
-                raise _Invalid
+        try:
+            parse_params(raw)
+        except ValueError:
+            raise _Invalid from None
         return raw
 
     return _Kind(
         "str",
-        "comma-separated FACTOR=WEIGHT pairs, weights from 0 to 1, factors frequency, "
-        "increment, timing, identity, velocity",
+        "comma-separated NAME=NUMBER pairs naming fields of protocol.fraud.FraudParams "
+        "(docs/fraud.md, Tuning), within their ranges",
         convert,
     )
 
@@ -911,12 +909,13 @@ class Settings:
             doc="Risk from which a submission is refused (403 fraud_blocked); above the flag one",
         ),
     )
-    fraud_weights: str = field(
+    fraud_params: str = field(
         default="",
         metadata=_setting(
-            env="PODIUM_FRAUD_WEIGHTS",
-            parse=_fraud_weights(),
-            doc="Override factor weights, e.g. identity=0.5,timing=0.9; empty: the defaults",
+            env="PODIUM_FRAUD_PARAMS",
+            parse=_fraud_params(),
+            doc="Fraud model tuning, e.g. identity_weight=0.5,frequency_user_limit=20; "
+            "empty: the defaults",
         ),
     )
     fraud_shadow_ban_blocks: int = field(

@@ -28,6 +28,7 @@ field; :func:`assess` never raises for any that were constructed.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -349,6 +350,25 @@ class Assessment:
 
 
 # ---------------------------------------------------------------- scoring
+
+
+def parse_params(text: str) -> FraudParams:
+    """:class:`FraudParams` from ``"name=value,name=value"`` (PODIUM_FRAUD_PARAMS); the
+    defaults for every field not named. Raises :class:`ValueError` naming what is wrong."""
+    fields = {f.name: f.type for f in dataclasses.fields(FraudParams)}
+    values: dict[str, Any] = {}
+    for pair in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, raw = pair.partition("=")
+        name = name.strip()
+        if not sep or name not in fields:
+            raise ValueError(f"{name!r} is not a fraud parameter (see docs/fraud.md, Tuning)")
+        if name in values:
+            raise ValueError(f"{name!r} is given twice")
+        try:
+            values[name] = int(raw) if fields[name] in ("int", int) else float(raw)
+        except ValueError:
+            raise ValueError(f"{name}={raw!r} is not a number") from None
+    return FraudParams(**values)
 
 
 def assess(signals: Signals, params: FraudParams) -> Assessment:

@@ -38,7 +38,7 @@ from protocol.leaderboards import (
     decode_cursor,
     encode_cursor,
 )
-from server.auth import check_bearer, is_bearer
+from server.auth import TokenReply, check_bearer, is_bearer
 from server.proxies import TrustedProxies
 
 if TYPE_CHECKING:
@@ -128,11 +128,18 @@ class V1Api:
         """The client's address (behind trusted proxies, from X-Forwarded-For)."""
         return self._proxies.client_ip(req.remote_addr, req.headers.get("x-forwarded-for"))
 
-    async def _sign_in_meta(self, req: ApiRequest) -> dict[str, Any]:
-        """Spend one of the client IP's requests (429 over it); the session's metadata."""
+    async def _sign_in(
+        self, req: ApiRequest, how: Callable[..., Awaitable[TokenReply]]
+    ) -> dict[str, Any]:
+        """Sign in with ``how`` (an AuthService method), spending one of the client IP's
+        requests (429 over it) and telling the fraud engine where the player came from."""
+        body = await json_body(req, self._max_body)
         ip = self.client_ip(req)
         await self._services.limiter.check_ip(ip)
-        return _request_meta(req, ip)
+        reply = await how(body, meta=_request_meta(req, ip))
+        device = req.headers.get("x-device-id") or req.headers.get("user-agent")
+        self._services.limiter.note_sign_in_nowait(reply.user_id, ip=ip, device=device)
+        return reply.as_json()
 
     def _board(self, board_id: str) -> Board:
         check_board_id(board_id)
@@ -147,20 +154,13 @@ class V1Api:
     # ---- accounts
 
     async def auth_device(self, req: ApiRequest) -> dict[str, Any]:
-        body = await json_body(req, self._max_body)
-        return (
-            await self._services.auth.device(body, meta=await self._sign_in_meta(req))
-        ).as_json()
+        return await self._sign_in(req, self._services.auth.device)
 
     async def auth_register(self, req: ApiRequest) -> dict[str, Any]:
-        body = await json_body(req, self._max_body)
-        return (
-            await self._services.auth.register(body, meta=await self._sign_in_meta(req))
-        ).as_json()
+        return await self._sign_in(req, self._services.auth.register)
 
     async def auth_login(self, req: ApiRequest) -> dict[str, Any]:
-        body = await json_body(req, self._max_body)
-        return (await self._services.auth.login(body, meta=await self._sign_in_meta(req))).as_json()
+        return await self._sign_in(req, self._services.auth.login)
 
     async def auth_refresh(self, req: ApiRequest) -> dict[str, Any]:
         body = await json_body(req, self._max_body)

@@ -76,7 +76,7 @@ EXPECTED_DEFAULTS: dict[str, object] = {
     "fraud_enabled": True,
     "fraud_flag_threshold": 0.5,
     "fraud_block_threshold": 0.8,
-    "fraud_weights": "",
+    "fraud_params": "",
     "fraud_shadow_ban_blocks": 3,
     "fraud_shadow_ban_window_s": 86400.0,
     "fraud_webhook_url": None,

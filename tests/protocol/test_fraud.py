@@ -876,3 +876,22 @@ def test_the_docs_end_the_model_part_where_operations_begin() -> None:
     assert "\n<!-- operations sections follow -->\n" in docs
     for heading in ("How a submission is scored", "Decisions", "Tuning", *FACTORS):
         assert re.search(rf"^## .*{heading}", docs, re.MULTILINE | re.IGNORECASE), heading
+
+
+def test_parse_params_reads_overrides_and_names_mistakes() -> None:
+    from protocol.fraud import parse_params
+
+    assert parse_params("") == FraudParams()
+    params = parse_params("identity_weight=0.5, frequency_user_limit=20,timing_cv_end=0.05")
+    assert params.identity_weight == 0.5
+    assert params.frequency_user_limit == 20 and isinstance(params.frequency_user_limit, int)
+    assert params.timing_cv_end == 0.05
+    for bad, names in [
+        ("identity=0.5", "'identity'"),
+        ("frequency_user_limit=many", "frequency_user_limit"),
+        ("frequency_user_limit=2.5", "frequency_user_limit"),
+        ("identity_weight=0.5,identity_weight=0.6", "twice"),
+        ("identity_weight=1.5", "identity_weight"),
+    ]:
+        with pytest.raises(ValueError, match=names):
+            parse_params(bad)

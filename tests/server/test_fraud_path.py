@@ -21,13 +21,11 @@ from tests.harness import node_api
 from tests.server.test_score_path import pg_rows
 
 #: Only the frequency factor counts, so the test knows which submission trips it.
-FREQUENCY_ONLY = "increment=0,timing=0,identity=0,velocity=0"
+FREQUENCY_ONLY = "increment_weight=0,timing_weight=0,identity_weight=0,velocity_weight=0"
 
 
 def fraud_on(settings: Settings, **changes: Any) -> Settings:
-    return dataclasses.replace(
-        settings, fraud_enabled=True, fraud_weights=FREQUENCY_ONLY, **changes
-    )
+    return dataclasses.replace(settings, fraud_enabled=True, fraud_params=FREQUENCY_ONLY, **changes)
 
 
 async def submit_many(api: Api, player: Player, count: int, delta: int = 10) -> list[int]:

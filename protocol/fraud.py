@@ -93,9 +93,11 @@ class FraudParams:
     frequency_device_limit: int = 40
 
     #: The top ``increment_top_fraction`` of an action type's delta range is
-    #: mildly suspicious: rising to ``increment_top_score`` at the maximum delta.
+    #: worth a look: the score rises over the band just below it and is
+    #: ``increment_top_score`` within it (a cheater choosing deltas picks the
+    #: largest allowed; with the default weight that alone is a flag, not a block).
     increment_top_fraction: float = 0.1
-    increment_top_score: float = 0.3
+    increment_top_score: float = 0.6
     #: The user's own deltas count once there are this many earlier ones.
     increment_min_history: int = 5
     #: The robust z-score of the delta against the user's own deltas where the
@@ -113,8 +115,8 @@ class FraudParams:
     #: are ``timing_min_intervals``. With n < max intervals the score is scaled
     #: by n / max: eight intervals of a human can look regular by chance, sixteen
     #: hardly ever do.
-    timing_min_intervals: int = 8
-    timing_max_intervals: int = 16
+    timing_min_intervals: int = 7
+    timing_max_intervals: int = 12
     #: The coefficient of variation (sd / mean) of those intervals where the
     #: factor leaves 0 (below ``start``) and reaches 1 (at or below ``end``).
     #: Honest players' CV is well above 0.3; a timer loop's is near 0.
@@ -558,7 +560,12 @@ def _increment(signals: Signals, params: FraudParams) -> _Factor:
     }
     parts = [
         (
-            params.increment_top_score * ramp(position, 1 - params.increment_top_fraction, 1.0),
+            params.increment_top_score
+            * ramp(
+                position,
+                1 - 2 * params.increment_top_fraction,
+                1 - params.increment_top_fraction,
+            ),
             f"delta {delta} is at {position:.0%} of its action type's range "
             f"{signals.delta_min} to {signals.delta_max}",
         )

@@ -177,15 +177,18 @@ def test_frequency_stays_zero_for_a_normal_pace() -> None:
 # ---------------------------------------------------------------- increment
 
 
-def test_increment_at_the_top_of_the_range_is_mildly_suspicious() -> None:
+def test_increment_at_the_top_of_the_range_is_flagged_for_review() -> None:
     scores = []
     for delta in range(1, 10_001, 37):
         scores.append(assess(signals(delta=delta), PARAMS).factors["increment"])
     assert nondecreasing(scores)
-    assert all(score == 0 for score in scores[: int(len(scores) * 0.89)])
+    assert all(score == 0 for score in scores[: int(len(scores) * 0.79)])
+    assert assess(signals(delta=8_500), PARAMS).decision == "allow"
+    assert assess(signals(delta=9_001), PARAMS).factors["increment"] == PARAMS.increment_top_score
     top = assess(signals(delta=10_000), PARAMS)
     assert top.factors["increment"] == PARAMS.increment_top_score
-    assert top.decision == "allow"
+    # Worth a look, never a block on its own: an honest player earns the maximum too.
+    assert top.decision == "flag"
     assert top.reasons == ("delta 10000 is at 100% of its action type's range 1 to 10000",)
 
 
@@ -278,13 +281,14 @@ def test_a_machine_regular_bot_blocks_on_its_own_once_enough_history_exists() ->
         decisions.append(result.decision)
         if known < PARAMS.timing_min_intervals:
             assert result.factors["timing"] == 0
-    assert decisions[: PARAMS.timing_min_intervals - 1] == ["allow"] * 7
-    # Counted at n / 16 below 16 intervals: allowed at first, then flagged.
-    assert decisions[7] == "allow" and decisions[12] == "flag"
-    assert decisions[15:] == ["block"] * 25
+    # Counted at n / 12 below 12 intervals: allowed at first, flagged from 7
+    # intervals (the 8th submission), blocked from 11 (the 12th).
+    assert decisions[:6] == ["allow"] * 6
+    assert decisions[6:10] == ["flag"] * 4
+    assert decisions[10:] == ["block"] * 30
     result = assess(with_history(jittered, NORMAL_DELTAS), PARAMS)
     only(result, "timing")
-    assert result.reasons[0].startswith("the last 16 intervals are machine-regular: mean 5")
+    assert result.reasons[0].startswith("the last 12 intervals are machine-regular: mean 5")
 
 
 def test_timing_looks_at_the_last_intervals_only() -> None:
@@ -316,10 +320,14 @@ def test_equal_timestamps_are_a_burst_and_perfectly_regular() -> None:
     assert result.factors["timing"] == 1
 
 
-def test_human_timing_stays_zero() -> None:
+def test_human_timing_stays_low() -> None:
+    scores = []
     for seed in range(50):
         intervals = human_intervals(HISTORY_MAX, seed=seed, cv=0.5)
-        assert assess(with_history(intervals, NORMAL_DELTAS), PARAMS).factors["timing"] == 0
+        scores.append(assess(with_history(intervals, NORMAL_DELTAS), PARAMS).factors["timing"])
+    # Twelve human intervals can look a little regular by chance; never enough to flag.
+    assert max(scores) < 0.5
+    assert scores.count(0) >= 45
 
 
 # ---------------------------------------------------------------- identity

@@ -58,8 +58,10 @@ async def test_a_hidden_user_leaves_every_board_but_still_sees_their_own_score(
         # The rank bob's score would have, so nothing looks different to him.
         assert await _own(api, bob.user_id) == {"rank": 1, "score": 500}
 
-        # Hidden users still commit; their record keeps growing out of sight.
-        await api.score(bob, 50)
+        # Hidden users still commit; their record keeps growing out of sight, and
+        # their ack shows the rank their score would have.
+        ack = await api.score(bob, 50)
+        assert (ack["new_score"], ack["rank"]) == (550, 1)
         await api.score(ann, 1)
         assert _ids(await api.top()) == [ann.user_id, cat.user_id]
         assert await _own(api, bob.user_id) == {"rank": 1, "score": 550}

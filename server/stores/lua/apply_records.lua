@@ -17,7 +17,8 @@
 -- on PostgreSQL's latest. A hidden user's record is kept (its version and
 -- score) but not ranked, so nobody else sees it; showing the user ranks it
 -- again. Returns {seq, rank_1, rank_2, ...} with 0-based ranks after the whole
--- batch (-1 if the user has no ranked record here).
+-- batch (-1 if the user has no record here; a hidden user gets the rank their
+-- score would have).
 local desc = ARGV[1] == '1'
 local top_n = tonumber(ARGV[2])
 local FIRST = 7
@@ -110,7 +111,15 @@ for i = FIRST, #ARGV, 5 do
     local rank = false
     if held then
         local _, member = parse(held)
-        if desc then
+        local hidden = redis.call('HGET', KEYS[4], ARGV[i])
+        if hidden and hidden ~= '' then
+            -- The rank a hidden user's score would have: their own ack looks as usual.
+            if desc then
+                rank = redis.call('ZCOUNT', KEYS[1], '(' .. hidden, '+inf')
+            else
+                rank = redis.call('ZCOUNT', KEYS[1], '-inf', '(' .. hidden)
+            end
+        elseif desc then
             rank = redis.call('ZREVRANK', KEYS[1], member)
         else
             rank = redis.call('ZRANK', KEYS[1], member)

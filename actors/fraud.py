@@ -37,7 +37,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 
 import outcome
 import trio
@@ -60,6 +60,8 @@ _SOURCE_USERS_MAX: Final = 1000
 _POPULATION_SIZE: Final = 2048
 _POPULATIONS_MAX: Final = 64
 _RETRY_BACKOFF_S: Final = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0, 60.0)
+
+T = TypeVar("T")
 
 Decision = Literal["admitted", "nonce_used", "rate_limited", "blocked"]
 
@@ -201,6 +203,17 @@ class Keys:
         return f"{self.prefix}:svc:rate"
 
 
+async def receive_batch(channel: trio.MemoryReceiveChannel[T], most: int) -> list[T]:
+    """Wait for one item, then take whatever else is already waiting, up to ``most``."""
+    batch = [await channel.receive()]
+    while len(batch) < most:
+        try:
+            batch.append(channel.receive_nowait())
+        except trio.WouldBlock:
+            break
+    return batch
+
+
 def device_key(device: str) -> str:
     """A short, fixed-size name for a device identifier (a header the client chose)."""
     return hashlib.blake2b(device.encode("utf-8", "replace"), digest_size=10).hexdigest()
@@ -304,13 +317,7 @@ class FraudActor:
                 nursery.start_soon(self._send_alerts)
             task_status.started()
             while True:
-                batch = [await self._receive.receive()]
-                while len(batch) < _MAX_BATCH:
-                    try:
-                        batch.append(self._receive.receive_nowait())
-                    except trio.WouldBlock:
-                        break
-                await self._admit(batch)
+                await self._admit(await receive_batch(self._receive, _MAX_BATCH))
 
     # ---- admission: one round trip per batch
 
@@ -524,12 +531,7 @@ class FraudActor:
 
     async def _write_logs(self) -> None:
         while True:
-            rows = [await self._logs_receive.receive()]
-            while len(rows) < _LOG_BATCH:
-                try:
-                    rows.append(self._logs_receive.receive_nowait())
-                except trio.WouldBlock:
-                    break
+            rows = await receive_batch(self._logs_receive, _LOG_BATCH)
             for backoff in (*_RETRY_BACKOFF_S, None):
                 try:
                     await self._postgres.insert_fraud_logs(rows)
@@ -545,12 +547,7 @@ class FraudActor:
         policy = self._policy
         window_ms = int(policy.shadow_ban_window_s * 1000)
         while True:
-            events = [await self._events_receive.receive()]
-            while len(events) < _LOG_BATCH:
-                try:
-                    events.append(self._events_receive.receive_nowait())
-                except trio.WouldBlock:
-                    break
+            events = await receive_batch(self._events_receive, _LOG_BATCH)
             commands: list[Command] = [
                 Script(
                     "risk_profile",

@@ -272,17 +272,22 @@ class LoadProcess:
 # ---------------------------------------------------------------- main
 
 
-class BenchOptions(Protocol):
-    """What :func:`run_bench` needs of a benchmark's options."""
+class KeepOption(Protocol):
+    """What :func:`run_in_temporary_directory` needs of a tool's options."""
 
     @property
     def keep(self) -> bool: ...
+
+
+class BenchOptions(KeepOption, Protocol):
+    """What :func:`run_bench` needs of a benchmark's options."""
 
     @property
     def json(self) -> Path | None: ...
 
 
 OptionsT = TypeVar("OptionsT", bound=BenchOptions)
+KeepT = TypeVar("KeepT", bound=KeepOption)
 Bench = Callable[[OptionsT, Path], Awaitable[dict[str, Any]]]
 
 
@@ -295,7 +300,9 @@ def leaves(exc: BaseException) -> Iterator[BaseException]:
         yield exc
 
 
-async def until_terminated(bench: Bench[OptionsT], opts: OptionsT, root: Path) -> dict[str, Any]:
+async def until_terminated(
+    bench: Callable[[KeepT, Path], Awaitable[dict[str, Any]]], opts: KeepT, root: Path
+) -> dict[str, Any]:
     """``await bench(opts, root)``, cancelled by SIGTERM or SIGHUP (then Terminated)."""
     terminated: list[bool] = []
 
@@ -331,6 +338,39 @@ def print_report(report: dict[str, Any], summary: str) -> None:
         print(f"  {line}")
 
 
+def run_in_temporary_directory(
+    bench: Callable[[KeepT, Path], Awaitable[dict[str, Any]]],
+    opts: KeepT,
+    *,
+    prefix: str,
+    name: str,
+) -> dict[str, Any] | int:
+    """``bench(opts, root)`` in a fresh temporary directory, stopped by SIGTERM or SIGHUP;
+    its report, or the exit code if it did not finish: 1 after a :class:`BenchError`
+    (said on stderr as ``name: error: ...``), 130 or 143 when stopped early. The
+    directory is removed unless ``opts.keep``."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        report: dict[str, Any] = trio.run(until_terminated, bench, opts, root)
+        return report
+    except BaseException as exc:
+        found = list(leaves(exc))
+        if any(isinstance(leaf, BenchError) for leaf in found):
+            for leaf in found:
+                if isinstance(leaf, BenchError):
+                    print(f"{name}: error: {leaf}", file=sys.stderr)
+            return 1
+        if found and all(isinstance(leaf, KeyboardInterrupt | Terminated) for leaf in found):
+            print(f"{name}: stopped early; everything started was stopped", file=sys.stderr)
+            return 130 if isinstance(found[0], KeyboardInterrupt) else 143
+        raise
+    finally:
+        if opts.keep:
+            print(f"kept {root}", file=sys.stderr)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+
 def run_bench(
     bench: Bench[OptionsT],
     opts: OptionsT,
@@ -347,25 +387,9 @@ def run_bench(
     if sys.platform != "linux":
         print(f"bench: needs Linux ({needs})", file=sys.stderr)
         return 2
-    root = Path(tempfile.mkdtemp(prefix=prefix))
-    try:
-        report = trio.run(until_terminated, bench, opts, root)
-    except BaseException as exc:
-        found = list(leaves(exc))
-        if any(isinstance(leaf, BenchError) for leaf in found):
-            for leaf in found:
-                if isinstance(leaf, BenchError):
-                    print(f"bench: error: {leaf}", file=sys.stderr)
-            return 1
-        if found and all(isinstance(leaf, KeyboardInterrupt | Terminated) for leaf in found):
-            print("bench: stopped early; everything started was stopped", file=sys.stderr)
-            return 130 if isinstance(found[0], KeyboardInterrupt) else 143
-        raise
-    finally:
-        if opts.keep:
-            print(f"kept {root}", file=sys.stderr)
-        else:
-            shutil.rmtree(root, ignore_errors=True)
+    report = run_in_temporary_directory(bench, opts, prefix=prefix, name="bench")
+    if isinstance(report, int):
+        return report
     print_report(report, summary(report["summary"]))
     if opts.json is not None:
         opts.json.write_text(json.dumps(report, indent=2) + "\n")

@@ -117,13 +117,10 @@ import math
 import random
 import resource
 import secrets
-import shutil
-import signal
 import sys
-import tempfile
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -134,13 +131,12 @@ import trio
 from bench import http_bench
 from bench.common import (
     BenchError,
-    Terminated,
     bounded,
     fmt,
-    leaves,
     node_env,
     percentile,
     round2,
+    run_in_temporary_directory,
     sample_error,
     sleep_until,
 )
@@ -1516,24 +1512,8 @@ async def run_url(opts: Options, root: Path) -> dict[str, Any]:
 
 
 async def run(opts: Options, root: Path) -> dict[str, Any]:
-    """The whole simulation, cancelled by SIGTERM or SIGHUP (then Terminated)."""
-    terminated: list[bool] = []
-
-    async def watch(cancel: Callable[[], None]) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGHUP) as signals:
-            async for _ in signals:
-                terminated.append(True)
-                cancel()
-                return
-
-    report: dict[str, Any] = {}
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(watch, nursery.cancel_scope.cancel)
-        report = await (run_url if opts.url else run_private)(opts, root)
-        nursery.cancel_scope.cancel()
-    if terminated:
-        raise Terminated
-    return report
+    """The whole simulation: against ``--url``, or a private node under ``root``."""
+    return await (run_url if opts.url else run_private)(opts, root)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1541,25 +1521,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if sys.platform != "linux" and opts.url is None:
         print("simulate: the private node needs Linux (use --url)", file=sys.stderr)
         return 2
-    root = Path(tempfile.mkdtemp(prefix="podium-simulate-"))
-    try:
-        report = trio.run(run, opts, root)
-    except BaseException as exc:
-        found = list(leaves(exc))
-        if any(isinstance(leaf, BenchError) for leaf in found):
-            for leaf in found:
-                if isinstance(leaf, BenchError):
-                    print(f"simulate: error: {leaf}", file=sys.stderr)
-            return 1
-        if found and all(isinstance(leaf, KeyboardInterrupt | Terminated) for leaf in found):
-            print("simulate: stopped early; everything started was stopped", file=sys.stderr)
-            return 130 if isinstance(found[0], KeyboardInterrupt) else 143
-        raise
-    finally:
-        if opts.keep:
-            print(f"kept {root}", file=sys.stderr)
-        else:
-            shutil.rmtree(root, ignore_errors=True)
+    report = run_in_temporary_directory(run, opts, prefix="podium-simulate-", name="simulate")
+    if isinstance(report, int):
+        return report
     text = json.dumps(report, indent=2) + "\n"
     if opts.json == "-":
         sys.stdout.write(text)

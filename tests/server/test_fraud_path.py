@@ -262,3 +262,20 @@ async def test_minting_is_rate_limited_per_service_key(settings: Settings, datab
         assert [r.status_code for r in replies] == [200, 200, 200, 429]
         assert replies[-1].json()["error"]["code"] == "rate_limited"
         assert "Retry-After" in replies[-1].headers
+
+
+async def test_without_redis_submissions_are_admitted_unscored(
+    settings: Settings, database: str
+) -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        dead = f"redis://127.0.0.1:{probe.getsockname()[1]}/0"
+    settings = fraud_on(settings, redis_url=dead, redis_timeout_s=0.5)
+    async with node_api(settings) as (api, _, _):
+        ann = await api.player("ann")
+        reply = await api.submit(ann, await api.mint(ann, 10))
+        # Committed in PostgreSQL (the truth); the rank is unknown until Redis is back.
+        assert reply.status_code == 200, reply.text
+        assert (reply.json()["new_score"], reply.json()["rank"]) == (10, None)
+        metrics = (await api.http.get("/metrics")).text
+        assert "podium_fraud_unscored_total 1.0" in metrics

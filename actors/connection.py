@@ -7,9 +7,18 @@ submits scores through the very same :class:`server.score_path.ScorePath` as
 HTTP, answering each with ``ack`` or ``error`` carrying the client's id;
 answers ``ping`` with ``pong``.
 
-Everything the server sends goes through one bounded **outbox**, drained by
-a writer task, so frames leave in order and nothing ever waits for a slow
-client: when the outbox is full the connection closes with 4508 (too slow).
+Everything the server sends goes through one bounded **outbox**, the
+socket's :class:`FrameWriter` (:class:`server.ws_transport.WsTransport`),
+which trio-websocket's own pings and close frames share, so frames leave in
+order. Sending never waits: a frame goes straight to the socket when nothing
+is queued, else behind what is, and a flusher task writes the queue as the
+peer reads. When the outbox is full the connection closes with 4508 (too
+slow). Frames are built once (:func:`protocol.messages.frame_text`): the
+fan-out actor hands every watcher of an update the same bytes. A close lets
+what is already queued (say, the error explaining it) go out before the
+close frame, unless the peer is the problem (too slow, no pong); nothing is
+queued once a close has begun.
+
 The actor pings the peer every ``heartbeat_s`` and drops it when a pong has
 not come within two heartbeats. Inbound messages are rate limited (a token
 bucket): over the limit a message gets ``rate_limited``, and a client that
@@ -54,6 +63,7 @@ from protocol.messages import (
     Welcome,
     decode_client,
     encode,
+    frame_text,
 )
 from protocol.ratelimit import TokenBucket
 from protocol.session import Session
@@ -74,15 +84,32 @@ _DEAD_PEER_CLOSE_S = 0.5
 
 
 class MessageSocket(Protocol):
-    """What the actor needs of a WebSocket (trio-websocket's connection fits)."""
+    """What the actor needs of a WebSocket (trio-websocket's connection fits).
+
+    It sends no messages through it: data frames go to the :class:`FrameWriter`
+    beneath it.
+    """
 
     async def get_message(self) -> str | bytes: ...
-
-    async def send_message(self, message: str | bytes) -> None: ...
 
     async def aclose(self, code: int = 1000, reason: str | None = None) -> None: ...
 
     async def ping(self, payload: bytes | None = None) -> None: ...
+
+
+class FrameWriter(Protocol):
+    """The byte stream under a :class:`MessageSocket`, taking whole frames without waiting.
+
+    :class:`server.ws_transport.WsTransport` is the one the listener gives.
+    """
+
+    def write_nowait(self, frame: bytes) -> bool: ...
+
+    async def run_flusher(self) -> None: ...
+
+    async def flush(self) -> None: ...
+
+    def discard_queued(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,17 +157,21 @@ class ConnectionActor:
     def __init__(
         self,
         socket: MessageSocket,
+        frames: FrameWriter,
         context: ConnectionContext,
         *,
         remote: str | None,
         user_agent: str | None,
+        device: str | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         settings = context.settings
         self._socket = socket
+        self._frames = frames
         self._context = context
         self._remote = remote
         self._user_agent = user_agent
+        self._device = device
         self._clock = clock
         self._session = Session(
             allow_spectators=settings.ws_allow_spectators,
@@ -149,14 +180,12 @@ class ConnectionActor:
         self._bucket = TokenBucket(
             rate_per_s=settings.ws_rate_per_s, burst=settings.ws_rate_burst, now=clock()
         )
-        self._outbox, self._outbox_receive = trio.open_memory_channel[str](settings.ws_outbox_size)
-        self._watcher = Watcher(push=self._push_frame, too_slow=self._too_slow)
+        self._watcher = Watcher(push=frames.write_nowait, too_slow=self._too_slow)
         self._token: str | None = None
         self._claims: AccessClaims | None = None
         self._in_flight = 0
         self._flooding = 0
         self._nursery: trio.Nursery | None = None
-        self._writer_done = trio.Event()
         self.closing: CloseCode | None = None
 
     @property
@@ -176,12 +205,13 @@ class ConnectionActor:
 
     async def _close(self, code: CloseCode, reason: str) -> None:
         # Let what is already queued (say, the error explaining the close) go
-        # out first — unless the peer is the problem.
-        self._outbox.close()
+        # out first — unless the peer is the problem. Then the close frame
+        # goes next, ahead of what the peer has not taken.
         peer_stuck = code in (CloseCode.TOO_SLOW, CloseCode.GOING_AWAY)
         if not peer_stuck:
             with trio.move_on_after(1.0):
-                await self._writer_done.wait()
+                await self._frames.flush()
+        self._frames.discard_queued()
         # A slow peer gets the close frame only after it has read what its
         # buffers hold: give it a while, then cut the connection (1006). A
         # dead one will never answer: cut it almost at once.
@@ -196,26 +226,11 @@ class ConnectionActor:
 
     # ---- sending: everything goes through the outbox
 
-    def _push_frame(self, frame: str) -> bool:
-        try:
-            self._outbox.send_nowait(frame)
-        except trio.WouldBlock:
-            return False
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            return True  # closing anyway
-        return True
-
     def _send(self, message: ServerMessage) -> None:
-        if not self._push_frame(encode(message)):
+        if self.closing is not None:
+            return  # only what was queued before the close began goes out
+        if not self._frames.write_nowait(frame_text(encode(message))):
             self._too_slow()
-
-    async def _writer(self) -> None:
-        try:
-            with _ends_on_close(self):
-                async for frame in self._outbox_receive:
-                    await self._socket.send_message(frame)
-        finally:
-            self._writer_done.set()
 
     async def _heartbeat(self) -> None:
         interval = self._context.settings.ws_heartbeat_s
@@ -234,7 +249,7 @@ class ConnectionActor:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                nursery.start_soon(self._writer)
+                nursery.start_soon(self._frames.run_flusher)
                 nursery.start_soon(self._heartbeat)
                 self._send(
                     Welcome(node_id=self._context.node_id, heartbeat_s=settings.ws_heartbeat_s)
@@ -332,7 +347,11 @@ class ConnectionActor:
             # Re-checked per submission: the token may have expired or been revoked.
             claims = self._context.auth.verify(self._token)
             ack = await self._context.score_path.submit(
-                claims, message.action_token, ip=self._remote, user_agent=self._user_agent
+                claims,
+                message.action_token,
+                ip=self._remote,
+                user_agent=self._user_agent,
+                device=self._device,
             )
         except PodiumError as exc:
             self._context.count_submission(exc.code)

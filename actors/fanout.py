@@ -4,10 +4,10 @@ Every node's ranking actor publishes a board's new top N, with a sequence
 number, on that board's channel after each batch. This actor subscribes to a
 channel when the first local client watches the board, and unsubscribes
 after the last leaves. It keeps only the **latest** state per board and,
-once per ``tick_s``, encodes it **once** per distinct ``top`` and hands the
-same string to every watcher's bounded outbox — so a board that changes a
-hundred times a second costs each client at most one frame per tick, and a
-client never receives an older sequence number after a newer one.
+once per ``tick_s``, encodes and frames it **once** per distinct ``top`` and
+hands the same bytes to every watcher's bounded outbox — so a board that
+changes a hundred times a second costs each client at most one frame per
+tick, and a client never receives an older sequence number after a newer one.
 
 Watchers who are signed in also get ``me`` messages: on each tick where a
 board changed, one Redis round trip per board reads the rank and score of
@@ -36,7 +36,7 @@ import trio
 from actors.ranking import Keys, RankingClient
 from protocol.errors import Unavailable
 from protocol.leaderboards import Board
-from protocol.messages import Me, Snapshot, encode, encode_update
+from protocol.messages import Me, Snapshot, encode, encode_update, frame_text
 from server.stores.redis_store import RedisStore, Subscription
 
 log = logging.getLogger(__name__)
@@ -50,11 +50,13 @@ _CONFIRM_TIMEOUT_S: Final = 2.0
 class Watcher:
     """One connection's view of the boards it watches.
 
-    ``push`` puts a frame in the connection's outbox without waiting and
-    returns False if the outbox is full; the actor then calls ``too_slow``.
+    ``push`` puts a whole WebSocket frame (:func:`protocol.messages.frame_text`)
+    in the connection's outbox without waiting, and returns False if the
+    outbox is full; the actor then calls ``too_slow``. ``push`` must not
+    call back into the fan-out actor.
     """
 
-    push: Callable[[str], bool]
+    push: Callable[[bytes], bool]
     too_slow: Callable[[], None]
     user_id: str | None = None
     last_seq: dict[str, int] = field(default_factory=dict)
@@ -234,8 +236,12 @@ class FanoutActor:
             if mine:
                 me = {"rank": mine[0].rank, "score": mine[0].score}
             watcher.last_me[board.id] = (me["rank"], me["score"]) if me else (None, None)
-        frame = encode(
-            Snapshot(leaderboard=board.id, seq=seq, entries=[e.as_json() for e in entries], me=me)
+        frame = frame_text(
+            encode(
+                Snapshot(
+                    leaderboard=board.id, seq=seq, entries=[e.as_json() for e in entries], me=me
+                )
+            )
         )
         watcher.last_seq[board.id] = seq
         self._push(watcher, frame)
@@ -253,13 +259,16 @@ class FanoutActor:
                     except Unavailable:
                         await trio.sleep(0.2)  # rankings still rebuilding
 
-    def _push(self, watcher: Watcher, frame: str) -> None:
+    def _push(self, watcher: Watcher, frame: bytes) -> None:
         if watcher.push(frame):
             self._frames += 1
         else:
-            self._slow_closed += 1
-            self.forget(watcher)
-            watcher.too_slow()
+            self._too_slow(watcher)
+
+    def _too_slow(self, watcher: Watcher) -> None:
+        self._slow_closed += 1
+        self.forget(watcher)
+        watcher.too_slow()
 
     async def _tick(self) -> None:
         # A deadline loop, so a busy tick does not stretch the period.
@@ -275,15 +284,27 @@ class FanoutActor:
                 await self._refresh_me(board_id)
 
     def _fan_out(self, board_id: str, seq: int, entries: list[dict[str, Any]]) -> None:
-        frames: dict[int, str] = {}
-        for watcher, top in list(self._watchers.get(board_id, {}).items()):
-            if watcher.last_seq.get(board_id, -1) >= seq:
+        # The hot loop: one frame per distinct top, pushed to every watcher.
+        # Pushing calls nothing back, so the dict is iterated as it is and
+        # the slow are dealt with afterwards.
+        frames: dict[int, bytes] = {}
+        slow: list[Watcher] = []
+        sent = 0
+        for watcher, top in self._watchers.get(board_id, {}).items():
+            last_seq = watcher.last_seq
+            if last_seq.get(board_id, -1) >= seq:
                 continue  # its snapshot is already this new, or newer
             frame = frames.get(top)
             if frame is None:
-                frame = frames[top] = encode_update(board_id, seq, entries[:top])
-            watcher.last_seq[board_id] = seq
-            self._push(watcher, frame)
+                frame = frames[top] = frame_text(encode_update(board_id, seq, entries[:top]))
+            last_seq[board_id] = seq
+            if watcher.push(frame):
+                sent += 1
+            else:
+                slow.append(watcher)
+        self._frames += sent
+        for watcher in slow:
+            self._too_slow(watcher)
 
     async def _refresh_me(self, board_id: str) -> None:
         board = self._board(board_id)
@@ -301,4 +322,5 @@ class FanoutActor:
             now = found.get(watcher.user_id, (None, None))
             if watcher.last_me.get(board_id) != now and watcher in self._watchers.get(board_id, {}):
                 watcher.last_me[board_id] = now
-                self._push(watcher, encode(Me(leaderboard=board_id, rank=now[0], score=now[1])))
+                me = Me(leaderboard=board_id, rank=now[0], score=now[1])
+                self._push(watcher, frame_text(encode(me)))

@@ -704,12 +704,14 @@ def header(opts: Options, machine: dict[str, Any]) -> str:
 
 
 #: The load is one machine playing thousands of players from 127.0.0.1 in a closed
-#: loop, which is exactly what rate limits and three of the fraud factors exist to
-#: stop. Those limits are lifted and those factors weigh nothing; the fraud actor
-#: still gathers every signal and scores every submission, so its cost is measured.
-#: `--node-env PODIUM_FRAUD_ENABLED=false` measures the node without it.
+#: loop with deltas drawn uniformly from the whole allowed range: a cheater on every
+#: count the fraud engine has. So rate limits are lifted and every factor weighs
+#: nothing; the fraud actor still gathers every signal and scores every submission
+#: (its cost is measured), it only never says no. `--node-env
+#: PODIUM_FRAUD_ENABLED=false` measures the node without it.
 ONE_MACHINE_MANY_PLAYERS: Final = {
-    "PODIUM_FRAUD_PARAMS": "frequency_weight=0,timing_weight=0,identity_weight=0",
+    "PODIUM_FRAUD_PARAMS": "frequency_weight=0,increment_weight=0,timing_weight=0,"
+    "identity_weight=0,velocity_weight=0",
     "PODIUM_RATE_USER_PER_S": "100000",
     "PODIUM_RATE_USER_BURST": "1000000",
     "PODIUM_RATE_IP_PER_S": "100000",

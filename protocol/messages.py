@@ -3,9 +3,12 @@
 Frames are JSON text. :func:`decode_client` turns any text or bytes into a
 client message or raises :class:`ProtocolError` — never anything else — so
 the connection code can answer every bad frame with its documented error.
-:func:`encode` turns a server message into the text of one frame. A
-leaderboard update is the same for every subscriber, so it is encoded once
-(:func:`encode_update`) and the same string goes to all of them.
+:func:`encode` turns a server message into the text of one frame, and
+:func:`frame_text` turns that text into the bytes of the WebSocket frame that
+carries it. What a server sends is unmasked and we negotiate no extensions,
+so those bytes are the same for every client: a leaderboard update is
+encoded and framed once (:func:`encode_update`, :func:`frame_text`) and the
+same bytes go to all of its subscribers.
 
 Client → server: ``auth``, ``subscribe``, ``unsubscribe``, ``submit``,
 ``ping``. Server → client: ``welcome``, ``authed``, ``snapshot``,
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import json
 import re
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
@@ -28,6 +32,10 @@ PROTOCOL_VERSION: Final = 1
 _BOARD_RE: Final = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 _MAX_ID_CHARS: Final = 64
 _MAX_TOKEN_CHARS: Final = 4096
+_FIN_TEXT: Final = 0x81  # FIN set, RSV bits clear, opcode 0x1 (text)
+_HEADER_7: Final = struct.Struct("!BB")
+_HEADER_16: Final = struct.Struct("!BBH")
+_HEADER_64: Final = struct.Struct("!BBQ")
 
 
 class CloseCode(IntEnum):
@@ -285,3 +293,18 @@ def encode(message: ServerMessage) -> str:
 def encode_update(board: str, seq: int, entries: Sequence[dict[str, Any]]) -> str:
     """The ``update`` frame of one leaderboard state, encoded once for every subscriber."""
     return _dump({"type": "update", "leaderboard": board, "seq": seq, "entries": list(entries)})
+
+
+def frame_text(text: str) -> bytes:
+    """The bytes of one unfragmented, unmasked text frame carrying ``text`` (RFC 6455 §5.2).
+
+    That is what a server sends when no extension is negotiated; a client
+    must mask its frames, so this is for the server → client direction only.
+    """
+    payload = text.encode("utf-8")
+    length = len(payload)
+    if length < 126:
+        return _HEADER_7.pack(_FIN_TEXT, length) + payload
+    if length < 1 << 16:
+        return _HEADER_16.pack(_FIN_TEXT, 126, length) + payload
+    return _HEADER_64.pack(_FIN_TEXT, 127, length) + payload

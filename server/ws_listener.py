@@ -8,6 +8,11 @@ is revoked on any node, its sockets here are closed with 4001.
 4503 ("node draining", reconnect elsewhere); :meth:`run` returns when the
 last one is gone.
 
+Each accepted TCP stream is wrapped in a :class:`server.ws_transport.WsTransport`
+before trio-websocket sees it (through its public ``wrap_server_stream``), and
+the connection actor gets both: the WebSocket for messages in, pings and
+closing, and the transport for the frames it sends without waiting.
+
 *Error handling*: a connection actor that fails closes only its own socket,
 with 1011, and is logged and counted; the listener and every other socket
 carry on.
@@ -20,17 +25,26 @@ import logging
 from functools import partial
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
+from trio_websocket import (
+    ConnectionClosed,
+    WebSocketConnection,
+    WebSocketRequest,
+    wrap_server_stream,
+)
 
 from actors.connection import ConnectionActor, ConnectionContext
 from protocol.errors import error_body
 from protocol.messages import CloseCode
 from server.metrics import NodeMetrics
+from server.proxies import TrustedProxies
+from server.ws_transport import WsTransport
 
 log = logging.getLogger(__name__)
 
 WS_PATH = "/v1/ws"
 _CLOSE_TIMEOUT_S = 2.0
+#: For the client's opening handshake (trio-websocket's own default).
+_HANDSHAKE_TIMEOUT_S = 60.0
 
 
 class WsListener:
@@ -42,6 +56,7 @@ class WsListener:
         self._metrics = metrics
         self._connections: set[WebSocketConnection] = set()
         self._actors: set[ConnectionActor] = set()
+        self._proxies = TrustedProxies(settings.trusted_proxies)
         self._origins = (
             None
             if settings.ws_allowed_origins == "*"
@@ -65,26 +80,18 @@ class WsListener:
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         settings = self._settings
+        listeners = await trio.open_tcp_listeners(settings.ws_port, host=settings.bind_host)
+        port: int = listeners[0].socket.getsockname()[1]
         async with trio.open_nursery() as handlers:
             with trio.CancelScope() as accept_scope:
                 async with trio.open_nursery() as accept:
-                    server = await accept.start(
+                    await accept.start(
                         partial(
-                            serve_websocket,
-                            self._handle,
-                            settings.bind_host,
-                            settings.ws_port,
-                            None,
-                            handler_nursery=handlers,
-                            # Frames past twice our limit are cut off by the library
-                            # itself (1009) before we buffer them; up to that, we
-                            # answer with our own error and 4008.
-                            max_message_size=2 * settings.ws_max_message_bytes,
-                            message_queue_size=4,
+                            trio.serve_listeners, self._serve, listeners, handler_nursery=handlers
                         )
                     )
-                    log.info("websocket listener ready", extra={"port": server.port})
-                    task_status.started(server.port)
+                    log.info("websocket listener ready", extra={"port": port})
+                    task_status.started(port)
                     await self._draining.wait()
                     accept_scope.cancel()
             log.info("draining websockets", extra={"open": len(self._connections)})
@@ -107,7 +114,35 @@ class WsListener:
         body = json.dumps(error_body(code, message), separators=(",", ":")).encode()
         await request.reject(status, body=body)
 
-    async def _handle(self, request: WebSocketRequest) -> None:
+    async def _serve(self, stream: trio.SocketStream) -> None:
+        """One TCP connection: its transport, the opening handshake, then :meth:`_handle`."""
+        settings = self._settings
+        remote = _peer_address(stream)
+        transport = WsTransport(stream, max_frames=settings.ws_outbox_size)
+        async with trio.open_nursery() as reader:
+            try:
+                request: WebSocketRequest | None = None
+                with trio.move_on_after(_HANDSHAKE_TIMEOUT_S):
+                    request = await wrap_server_stream(
+                        reader,
+                        transport,
+                        # Frames past twice our limit are cut off by the library
+                        # itself (1009) before we buffer them; up to that, we
+                        # answer with our own error and 4008.
+                        max_message_size=2 * settings.ws_max_message_bytes,
+                        message_queue_size=4,
+                    )
+                if request is None:
+                    return  # no opening handshake in time
+                await self._handle(request, transport, remote)
+            finally:
+                # Every path through _handle has closed the WebSocket (or never
+                # opened it); this cuts what is left and ends the reader task.
+                await transport.aclose()
+
+    async def _handle(
+        self, request: WebSocketRequest, transport: WsTransport, remote: str | None
+    ) -> None:
         if request.path.split("?", 1)[0] != WS_PATH:
             await self._reject(request, 404, "not_found", "not_found", "use /v1/ws")
             return
@@ -136,9 +171,12 @@ class WsListener:
         self._metrics.ws_connections_total.inc()
         actor = ConnectionActor(
             connection,
+            transport,
             self._context,
-            remote=_peer_address(connection),
+            # Behind HAProxy the peer is the proxy; it names the client.
+            remote=self._proxies.client_ip(remote, headers.get("x-forwarded-for")),
             user_agent=headers.get("user-agent"),
+            device=headers.get("x-device-id"),
         )
         self._actors.add(actor)
         try:
@@ -150,7 +188,7 @@ class WsListener:
             log.error(
                 "connection actor failed; closing its socket with 1011",
                 exc_info=exc,
-                extra={"remote": _peer_address(connection)},
+                extra={"remote": remote},
             )
             await self._close(connection, CloseCode.INTERNAL_ERROR, "internal error")
         finally:
@@ -161,8 +199,8 @@ class WsListener:
                 self._all_closed.set()
 
 
-def _peer_address(connection: WebSocketConnection) -> str | None:
+def _peer_address(stream: trio.SocketStream) -> str | None:
     try:
-        return str(connection.remote.address)  # type: ignore[union-attr]
-    except (OSError, AttributeError):  # the socket is already gone, or not TCP
+        return str(stream.socket.getpeername()[0])
+    except OSError:  # the peer is already gone
         return None

@@ -7,6 +7,9 @@ import json
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, Request, TextMessage
+from wsproto.frame_protocol import FrameProtocol, Opcode
 
 from protocol.messages import (
     Auth,
@@ -21,6 +24,7 @@ from protocol.messages import (
     Welcome,
     decode_client,
     encode,
+    frame_text,
 )
 
 LIMIT = 1024
@@ -118,3 +122,55 @@ def test_any_json_object_decodes_or_raises_protocol_error(data: dict[str, object
         decode_client(json.dumps(data), max_bytes=LIMIT)
     except ProtocolError as exc:
         assert exc.code and exc.message
+
+
+# ---------------------------------------------------------------- framing
+
+FRAME_LENGTHS = [0, 1, 125, 126, 127, 65535, 65536, 70000]
+
+
+def _accepted_server() -> WSConnection:
+    """A wsproto server connection past its handshake, with no extension negotiated."""
+    server = WSConnection(ConnectionType.SERVER)
+    server.receive_data(
+        b"GET /v1/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+        b"Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n"
+    )
+    assert isinstance(next(server.events()), Request)
+    server.send(AcceptConnection())
+    return server
+
+
+@pytest.mark.parametrize("length", FRAME_LENGTHS)
+def test_a_text_frame_is_what_wsproto_would_send(length: int) -> None:
+    text = "x" * length
+    assert frame_text(text) == bytes(FrameProtocol(client=False, extensions=[]).send_data(text))
+    assert frame_text(text) == _accepted_server().send(TextMessage(data=text))
+
+
+@pytest.mark.parametrize("length", FRAME_LENGTHS)
+def test_the_length_counts_utf8_bytes(length: int) -> None:
+    text = "é" * (length // 2) + "x" * (length % 2)  # `length` bytes, fewer characters
+    frame = frame_text(text)
+    header = 2 if length < 126 else 4 if length < 65536 else 10
+    assert len(frame) == header + length
+    client = FrameProtocol(client=True, extensions=[])
+    client.receive_bytes(frame)
+    [received] = client.received_frames()
+    assert (received.opcode, received.payload, received.message_finished) == (
+        Opcode.TEXT,
+        text,
+        True,
+    )
+
+
+@given(st.text(max_size=300))
+def test_any_text_frames_like_wsproto(text: str) -> None:
+    try:
+        expected = bytes(FrameProtocol(client=False, extensions=[]).send_data(text))
+    except UnicodeEncodeError:
+        with pytest.raises(UnicodeEncodeError):
+            frame_text(text)
+    else:
+        assert frame_text(text) == expected

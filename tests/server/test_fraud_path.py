@@ -279,3 +279,38 @@ async def test_without_redis_submissions_are_admitted_unscored(
         assert (reply.json()["new_score"], reply.json()["rank"]) == (10, None)
         metrics = (await api.http.get("/metrics")).text
         assert "podium_fraud_unscored_total 1.0" in metrics
+
+
+async def test_websocket_submissions_share_the_forwarded_address_limits(
+    settings: Settings, database: str
+) -> None:
+    from tests.server.test_ws import receive, send, signed_in, socket
+
+    settings = dataclasses.replace(
+        settings, rate_ip_per_s=0.01, rate_ip_burst=1, trusted_proxies="127.0.0.1/32"
+    )
+    async with node_api(settings) as (api, _, address):
+        # Signed in from addresses of their own: each has one request to spend.
+        api.http.headers["X-Forwarded-For"] = "198.51.100.10"
+        ann = await api.player("ann")
+        api.http.headers["X-Forwarded-For"] = "198.51.100.11"
+        bob = await api.player("bob")
+
+        async def submit(ws: Any, player: Player, msg_id: str) -> dict[str, Any]:
+            await send(ws, type="submit", id=msg_id, action_token=await api.mint(player, 5))
+            return await receive(ws, "ack", "error")
+
+        async with (
+            socket(address.ws_url, extra_headers=[(b"X-Forwarded-For", b"198.51.100.1")]) as one,
+            socket(address.ws_url, extra_headers=[(b"X-Forwarded-For", b"198.51.100.2")]) as two,
+        ):
+            await signed_in(one, ann)
+            await signed_in(two, bob)
+            assert (await submit(one, ann, "a1"))["type"] == "ack"
+            assert (await submit(two, bob, "b1"))["type"] == "ack"
+            limited = await submit(one, ann, "a2")
+            assert (limited["type"], limited["code"], limited["id"]) == (
+                "error",
+                "rate_limited",
+                "a2",
+            )

@@ -1,17 +1,15 @@
 """The fraud actor: admits or refuses each submission before it is committed.
 
 For every submission the score path asks :meth:`FraudClient.admit`. The actor
-takes whatever admissions are waiting and answers them all from **one**
-Redis round trip (through the ranking actor's pipeline, the node's only way
-to Redis), in which it
+takes whatever admissions are waiting and answers them all from **one** call
+of ``lua/admit.lua`` (in the ranking actor's pipeline, the node's only way to
+Redis), which for each submission, atomically,
 
-1. claims the action token's nonce (409 if it was used; a nonce is consumed
-   once across all nodes);
-2. spends one request of the player's and of the client IP's rate limits
-   (GCRA, ``lua/gcra.lua``): over either → 429 with ``Retry-After``, and the
-   nonce is given back so the same token may be retried;
-3. reads and updates what the fraud engine knows about the player, the IP
-   and the device (``lua/fraud_user.lua``, ``lua/fraud_source.lua``), then
+1. turns a used nonce away (409; a nonce is consumed once across all nodes);
+2. checks the player's and the client IP's rate limits (GCRA): over either →
+   429 with ``Retry-After``, nothing spent, so the same token may be retried;
+3. spends them, claims the nonce, and reads and updates what the fraud
+   engine knows about the player, the IP and the device; the actor then
    scores it with the pure model of :mod:`protocol.fraud`: **allow**, **flag**
    (allowed, logged) or **block** (403 ``fraud_blocked``; the nonce stays
    spent, nothing reaches the ledger or the ranking).
@@ -36,7 +34,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 
 import outcome
@@ -59,6 +57,7 @@ _SOURCE_USERS_MAX: Final = 1000
 #: Recent velocities remembered per action type, and action types remembered.
 _POPULATION_SIZE: Final = 2048
 _POPULATIONS_MAX: Final = 64
+_POPULATION_REFRESH_S: Final = 1.0
 _RETRY_BACKOFF_S: Final = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0, 60.0)
 
 T = TypeVar("T")
@@ -112,7 +111,6 @@ class Verdict:
 
     decision: Decision
     retry_after_s: float = 0.0
-    limited_by: str | None = None
     assessment: fraud.Assessment | None = None
 
 
@@ -169,19 +167,6 @@ class _Event:
     decision: Literal["flag", "block"]
     risk: float
     at: float
-
-
-@dataclass(slots=True)
-class _Slots:
-    """Where one admission's results sit in the pipeline's answer."""
-
-    nonce: int
-    user_rate: int
-    ip_rate: int | None
-    user: int | None = None
-    ip: int | None = None
-    device: int | None = None
-    extra: list[int] = field(default_factory=list)
 
 
 class Keys:
@@ -278,6 +263,9 @@ class FraudActor:
         self._webhook_retries = webhook_retries
         # Per action type: kills and points do not share a normal.
         self._populations: dict[str, fraud.PopulationSketch] = {}
+        # A population's median and MAD, recomputed at most every _POPULATION_REFRESH_S:
+        # sorting 2,048 velocities per submission would cost more than all else.
+        self._population_stats: dict[str, tuple[float, fraud.PopulationStats | None]] = {}
         self._logs_send, self._logs_receive = trio.open_memory_channel[FraudLogRow](queue_size)
         self._events_send, self._events_receive = trio.open_memory_channel[_Event](queue_size)
         self._alerts_send, self._alerts_receive = trio.open_memory_channel[dict[str, Any]](
@@ -321,54 +309,60 @@ class FraudActor:
 
     # ---- admission: one round trip per batch
 
-    def _commands(self, admission: Admission, now: float) -> tuple[list[Command], _Slots]:
+    def _admit_script(self, batch: list[_Pending], now: float) -> Script:
+        """One ``lua/admit.lua`` call for the whole batch."""
         keys, policy = self._keys, self._policy
-        commands: list[Command] = [
-            ("SET", keys.nonce(admission.nonce), "1", "NX", "EX", max(1, admission.nonce_ttl_s)),
-            gcra(keys.user(admission.user_id, "rate"), policy.user_limit, now),
+        window_ms = int(fraud.FREQUENCY_WINDOW_S * 1000)
+        now_ms = int(now * 1000)
+        window, into = divmod(now_ms, window_ms)
+        script_keys: list[str] = []
+        args: list[str | int | float | bytes] = [
+            now_ms,
+            f"{policy.user_limit.interval_ms:.3f}",
+            policy.user_limit.burst,
+            f"{policy.ip_limit.interval_ms:.3f}",
+            policy.ip_limit.burst,
+            "1" if policy.enabled else "0",
+            fraud.HISTORY_MAX,
+            int(fraud.IDENTITY_WINDOW_S * 1000),
+            window_ms,
+            f"{into / window_ms:.4f}",
+            _SOURCE_USERS_MAX,
         ]
-        slots = _Slots(nonce=0, user_rate=1, ip_rate=None)
-        if admission.ip:
-            slots.ip_rate = len(commands)
-            commands.append(gcra(keys.source("ip", admission.ip, "rate"), policy.ip_limit, now))
-        if not policy.enabled:
-            return commands, slots
-        identity_ms = int(fraud.IDENTITY_WINDOW_S * 1000)
-        slots.user = len(commands)
-        commands.append(
-            Script(
-                "fraud_user",
-                [
-                    keys.user(admission.user_id, f"hist:{admission.action_type}"),
-                    keys.user(admission.user_id, "ips"),
-                ],
-                [
-                    int(now * 1000),
-                    admission.delta,
-                    admission.ip or "",
-                    fraud.HISTORY_MAX,
-                    identity_ms,
-                ],
-            )
-        )
-        if admission.ip:
-            slots.ip = len(commands)
-            commands.append(source_seen(keys, "ip", admission.ip, admission.user_id, now))
-        if admission.device:
-            slots.device = len(commands)
-            commands.append(source_seen(keys, "dev", admission.device, admission.user_id, now))
-        return commands, slots
+        for pending in batch:
+            admission = pending.admission
+            user = admission.user_id
+            ip = admission.ip or "-"
+            device = device_key(admission.device) if admission.device else "-"
+            script_keys += [
+                keys.nonce(admission.nonce),
+                keys.user(user, "rate"),
+                keys.source("ip", ip, "rate"),
+                keys.user(user, f"hist:{admission.action_type}"),
+                keys.user(user, "ips"),
+                keys.source("ip", ip, f"n:{window}"),
+                keys.source("ip", ip, f"n:{window - 1}"),
+                keys.source("ip", ip, "users"),
+                keys.source("dev", device, f"n:{window}"),
+                keys.source("dev", device, f"n:{window - 1}"),
+                keys.source("dev", device, "users"),
+            ]
+            args += [
+                max(1, admission.nonce_ttl_s),
+                admission.delta,
+                admission.ip or "",
+                user,
+                "1" if admission.device else "0",
+            ]
+        return Script("admit", script_keys, args)
 
     async def _admit(self, batch: list[_Pending]) -> None:
         now = self._clock()
-        commands: list[Command] = []
-        plans: list[tuple[_Pending, int, _Slots]] = []
-        for pending in batch:
-            own, slots = self._commands(pending.admission, now)
-            plans.append((pending, len(commands), slots))
-            commands += own
         try:
-            results = await self._ranking.run(commands)
+            (results,) = await self._ranking.run([self._admit_script(batch, now)])
+            if isinstance(results, CommandError):
+                log.error("admitting submissions failed: %s", results.message)
+                raise Unavailable(results.message)
         except Unavailable as exc:
             log.warning(
                 "fraud signals unavailable; admitting without them", extra={"error": exc.message}
@@ -378,42 +372,37 @@ class FraudActor:
                 self._counters.admitted += 1
                 answer(pending.reply, outcome.Value(Verdict("admitted")))
             return
-        releases: list[Command] = []
-        for pending, start, slots in plans:
-            verdict = self._judge(pending.admission, results, start, slots, now)
-            if verdict.decision == "rate_limited":
-                releases.append(("DEL", self._keys.nonce(pending.admission.nonce)))
-            answer(pending.reply, outcome.Value(verdict))
-        if releases:
-            # Best effort: a claim left behind only costs that token a retry.
-            self._ranking.run_nowait(releases)
+        for pending, result in zip(batch, results, strict=True):
+            answer(pending.reply, outcome.Value(self._judge(pending.admission, result, now)))
 
-    def _judge(
-        self, admission: Admission, results: list[Any], start: int, slots: _Slots, now: float
-    ) -> Verdict:
+    def _judge(self, admission: Admission, result: list[Any], now: float) -> Verdict:
         counters = self._counters
-        claimed = results[start + slots.nonce]
-        if claimed is None:
+        status, wait_ms, history, user_ips, ip_recent, ip_users, dev_recent, dev_users = result
+        if status == 1:
             counters.nonce_used += 1
             return Verdict("nonce_used")
-        waits = [
-            (scope, results[start + slot])
-            for scope, slot in (("user", slots.user_rate), ("ip", slots.ip_rate))
-            if slot is not None
-        ]
-        limited = [(int(ms), scope) for scope, ms in waits if isinstance(ms, int) and ms > 0]
-        if limited:
+        if status == 2:
             counters.rate_limited += 1
-            ms, scope = max(limited)
-            return Verdict("rate_limited", retry_after_s=ms / 1000.0, limited_by=scope)
-        if slots.user is None:
+            return Verdict("rate_limited", retry_after_s=int(wait_ms) / 1000.0)
+        if not self._policy.enabled:
             counters.admitted += 1
             return Verdict("admitted")
-        signals = self._signals(admission, results, start, slots, now)
-        if signals is None:
-            counters.unscored += 1
-            counters.admitted += 1
-            return Verdict("admitted")
+        times = [at / 1000.0 for at in history[0::2]]
+        deltas = history[1::2]
+        signals = fraud.Signals(
+            now=now,
+            delta=admission.delta,
+            delta_min=admission.delta_min,
+            delta_max=admission.delta_max,
+            user_times=times,
+            user_deltas=deltas,
+            ip_requests=int(ip_recent),
+            device_requests=int(dev_recent),
+            ip_users=max(1, int(ip_users)),
+            device_users=max(1, int(dev_users)),
+            user_ips=max(1, int(user_ips)),
+            population=self._population_now(admission.action_type, now),
+        )
         assessment = fraud.assess(signals, self._policy.params)
         if assessment.decision == "allow":
             # Only allowed submissions shape the normal, so cheaters cannot drag it up.
@@ -440,42 +429,18 @@ class FraudActor:
         sketch = self._populations.get(action_type)
         if sketch is None:
             if len(self._populations) >= _POPULATIONS_MAX:
-                self._populations.pop(next(iter(self._populations)))
+                oldest = next(iter(self._populations))
+                del self._populations[oldest]
+                self._population_stats.pop(oldest, None)
             sketch = self._populations[action_type] = fraud.PopulationSketch(_POPULATION_SIZE)
         return sketch
 
-    def _signals(
-        self, admission: Admission, results: list[Any], start: int, slots: _Slots, now: float
-    ) -> fraud.Signals | None:
-        assert slots.user is not None
-        user = results[start + slots.user]
-        ip = results[start + slots.ip] if slots.ip is not None else [0, 1]
-        device = results[start + slots.device] if slots.device is not None else [0, 1]
-        if any(isinstance(r, CommandError) for r in (user, ip, device)):
-            failed = next(r for r in (user, ip, device) if isinstance(r, CommandError))
-            log.error("reading fraud signals failed: %s", failed.message)
-            return None
-        history, user_ips = user
-        times: list[float] = []
-        deltas: list[int] = []
-        for entry in reversed(history):  # oldest first
-            at, _, delta = entry.partition("|")
-            times.append(int(at) / 1000.0)
-            deltas.append(int(delta))
-        return fraud.Signals(
-            now=now,
-            delta=admission.delta,
-            delta_min=admission.delta_min,
-            delta_max=admission.delta_max,
-            user_times=times,
-            user_deltas=deltas,
-            ip_requests=int(ip[0]),
-            device_requests=int(device[0]),
-            ip_users=max(1, int(ip[1])),
-            device_users=max(1, int(device[1])),
-            user_ips=max(1, int(user_ips)),
-            population=self._population(admission.action_type).stats(),
-        )
+    def _population_now(self, action_type: str, now: float) -> fraud.PopulationStats | None:
+        held = self._population_stats.get(action_type)
+        if held is None or not 0 <= now - held[0] < _POPULATION_REFRESH_S:
+            held = (now, self._population(action_type).stats())
+            self._population_stats[action_type] = held
+        return held[1]
 
     # ---- after a flag or block: the log row, the risk profile, the alert
 

@@ -155,9 +155,8 @@ class ScorePath:
             case "nonce_used":
                 raise _used()
             case "rate_limited":
-                who = "this player" if verdict.limited_by == "user" else "this address"
                 raise RateLimited(
-                    f"too many score submissions from {who}; retry in "
+                    "too many score submissions from this player or address; retry in "
                     f"{verdict.retry_after_s:.1f} s",
                     retry_after_s=verdict.retry_after_s,
                     code="rate_limited",

@@ -45,10 +45,27 @@ _UNAVAILABLE = (
 
 
 def _load_scripts() -> dict[str, tuple[str, str]]:
+    """Every ``lua/<name>.lua`` by name: (source, SHA-1).
+
+    A script whose first line is ``-- uses: a, b`` gets ``lua/lib/a.lua`` and
+    ``lua/lib/b.lua`` put in front of it, so scripts share Lua functions
+    (Redis has no imports for EVAL scripts).
+    """
+    folder = resources.files("server.stores").joinpath("lua")
     scripts: dict[str, tuple[str, str]] = {}
-    for entry in resources.files("server.stores").joinpath("lua").iterdir():
+    for entry in folder.iterdir():
         if entry.name.endswith(".lua"):
             source = entry.read_text(encoding="utf-8")
+            first = source.split("\n", 1)[0]
+            if first.startswith("-- uses:"):
+                libraries = [name.strip() for name in first.removeprefix("-- uses:").split(",")]
+                source = (
+                    "".join(
+                        folder.joinpath("lib", f"{name}.lua").read_text(encoding="utf-8")
+                        for name in libraries
+                    )
+                    + source
+                )
             scripts[entry.name.removesuffix(".lua")] = (
                 source,
                 hashlib.sha1(source.encode()).hexdigest(),

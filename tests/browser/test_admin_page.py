@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -22,18 +21,12 @@ import httpx
 import pytest
 import trio
 import trio_asyncio
-from playwright.sync_api import Browser, ConsoleMessage, Locator, Page, expect, sync_playwright
+from playwright.sync_api import Browser, ConsoleMessage, Locator, Page, expect
 
 from config import Settings
 from server.stores.pg_store import PostgresStore, open_postgres
 from tests.api import Api, Player
-from tests.browser.test_live_page import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
-    TIMEOUT_MS,
-    VIEWPORT,
-    plain_asyncio_in_this_thread,
-)
+from tests.browser.test_live_page import TIMEOUT_MS, VIEWPORT, in_browser
 from tests.harness import running_node
 
 T = TypeVar("T")
@@ -91,20 +84,6 @@ async def insert_case(
     )
     case_id: int = rows[0]["id"]
     return case_id
-
-
-def in_browser(session: Callable[[Browser], T]) -> T:
-    """Run ``session`` against a fresh headless Chromium (in a worker thread)."""
-    assert CHROMIUM.exists(), f"{CHROMIUM} is missing: run scripts/install-browser"
-    with plain_asyncio_in_this_thread(), sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
-        )
-        try:
-            expect.set_options(timeout=TIMEOUT_MS)
-            return session(browser)
-        finally:
-            browser.close()
 
 
 def case_card(page: Page, case_id: int) -> Locator:

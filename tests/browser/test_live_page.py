@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import pytest
@@ -35,6 +36,7 @@ from config import Settings
 from tests.api import Api
 from tests.harness import running_node
 
+T = TypeVar("T")
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless",
@@ -84,7 +86,7 @@ class Seen:
     screenshots: list[Path]
 
 
-def in_browser(session: Callable[[Browser], Seen]) -> Seen:
+def in_browser(session: Callable[[Browser], T]) -> T:
     """Run ``session`` against a fresh headless Chromium (in a worker thread)."""
     assert CHROMIUM.exists(), f"{CHROMIUM} is missing: run scripts/install-browser"
     with plain_asyncio_in_this_thread(), sync_playwright() as playwright:

@@ -30,10 +30,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import operator
+import struct
+from bisect import bisect_right
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from itertools import pairwise
+from itertools import islice
 from types import MappingProxyType
 from typing import Any, Final, Literal
 
@@ -59,6 +62,11 @@ _Z_CAP: Final = 1e9
 _PLACES: Final = 4
 _INT64_MIN: Final = -(2**63)
 _INT64_MAX: Final = 2**63 - 1
+# What _plainly_valid() takes for granted: the sequences the actor passes, and
+# packers of n signed 64-bit integers (a Signals has 8 integer fields and at
+# most HISTORY_MAX deltas).
+_PLAIN_SEQUENCES: Final = frozenset((list, tuple))
+_INT64_PACKERS: Final = tuple(struct.Struct(f"{n}q") for n in range(8 + HISTORY_MAX + 1))
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,7 +230,7 @@ class FraudParams:
     @property
     def weights(self) -> Mapping[str, float]:
         """Each factor's weight, by name, in :data:`FACTORS` order."""
-        return MappingProxyType({name: float(getattr(self, f"{name}_weight")) for name in FACTORS})
+        return MappingProxyType(_weights(self))
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,6 +280,10 @@ class Signals:
     population: PopulationStats | None
 
     def __post_init__(self) -> None:
+        # Nearly every Signals is plainly valid, which this sees at C speed;
+        # any other is checked field by field below, to name the first bad one.
+        if _plainly_valid(self):
+            return
         _check_time("now", self.now)
         for value in self.user_times:
             _check_time("user_times", value)
@@ -380,23 +392,35 @@ def assess(signals: Signals, params: FraudParams) -> Assessment:
     ``params``. A factor that lacks the data it needs (a short history, no
     population yet) scores 0 and says nothing.
     """
-    results = {name: _FACTOR_FUNCTIONS[name](signals, params) for name in FACTORS}
-    # Rounded here, not only in the log row, so the row recomputes the risk
-    # and the decision exactly (see combine()).
-    factors = {name: round(results[name].score, _PLACES) for name in FACTORS}
-    weights = params.weights
+    times, deltas = _chronological(signals.user_times, signals.user_deltas)
+    scored = (  # in FACTORS order
+        _frequency(signals, params, times),
+        _increment(signals, params),
+        _timing(signals, params, times),
+        _identity(signals, params),
+        _velocity(signals, params, times, deltas),
+    )
+    factors: dict[str, float] = {}
+    measures: dict[str, Mapping[str, float]] = {}
+    reasons: list[str] = []
+    for name, explain, (parts, values) in zip(FACTORS, _EXPLAINERS, scored, strict=True):
+        # Rounded here, not only in the log row, so the row recomputes the
+        # risk and the decision exactly (see combine()).
+        factors[name] = score = _round_score(max(parts))
+        measures[name] = MappingProxyType(values)
+        if score > 0:  # written only for the factors that count: most have none
+            reasons.append(_reason(parts, explain(signals, params, values)))
+    weights = _weights(params)
     risk = combine(factors, weights)
     return Assessment(
         risk=risk,
         factors=MappingProxyType(factors),
         decision=decide(risk, params.flag_threshold, params.block_threshold),
-        reasons=tuple(results[name].reason for name in FACTORS if factors[name] > 0),
-        weights=weights,
+        reasons=tuple(reasons),
+        weights=MappingProxyType(weights),
         flag_threshold=params.flag_threshold,
         block_threshold=params.block_threshold,
-        measures=MappingProxyType(
-            {name: MappingProxyType(results[name].measures) for name in FACTORS}
-        ),
+        measures=MappingProxyType(measures),
     )
 
 
@@ -442,6 +466,8 @@ def user_velocity(
         raise ValueError(f"window_s must be positive and finite, not {window_s}")
     if len(times) != len(deltas):
         raise ValueError(f"{len(times)} times but {len(deltas)} deltas")
+    if all(map(operator.le, times, islice(times, 1, None))):  # oldest first, as documented
+        return _velocity_in_order(times, deltas, now, delta, window_s)
     inside = [(t, d) for t, d in zip(times, deltas, strict=True) if now - t < window_s]
     span_s = window_s
     if len(times) >= HISTORY_MAX and len(inside) == len(times):
@@ -521,149 +547,148 @@ def robust_z(value: float, *, median: float, mad: float) -> float:
 
 
 # ---------------------------------------------------------------- the factors
+#
+# Each factor gives the scores of its parts and the measures behind them; it
+# scores its worst part. The matching explainer writes one sentence per part
+# from those measures, and assess() asks for them only when the factor counts.
+# ``times`` and ``deltas`` are the user's history oldest first (_chronological).
+
+_Measures = dict[str, float]
+_Scored = tuple[tuple[float, ...], _Measures]
 
 
-@dataclass(frozen=True, slots=True)
-class _Factor:
-    score: float
-    reason: str
-    measures: dict[str, float]
-
-
-def _frequency(signals: Signals, params: FraudParams) -> _Factor:
-    user = 1 + sum(1 for t in signals.user_times if signals.now - t < FREQUENCY_WINDOW_S)
+def _frequency(signals: Signals, params: FraudParams, times: Sequence[float]) -> _Scored:
+    user = 1 + _count_within(times, signals.now, FREQUENCY_WINDOW_S)
     ip = signals.ip_requests + 1
     device = signals.device_requests + 1
+    user_limit = params.frequency_user_limit
+    ip_limit = params.frequency_ip_limit
+    device_limit = params.frequency_device_limit
+    parts = (
+        ramp(user, user_limit, 2 * user_limit),
+        ramp(ip, ip_limit, 2 * ip_limit),
+        ramp(device, device_limit, 2 * device_limit),
+    )
+    return parts, {"user": user, "ip": ip, "device": device}
+
+
+def _explain_frequency(signals: Signals, params: FraudParams, measures: _Measures) -> list[str]:
     window = f"{FREQUENCY_WINDOW_S:g} s"
-    parts = [
-        (
-            ramp(count, limit, 2 * limit),
-            f"{count} submissions in the last {window} from this {what} (limit {limit})",
-        )
-        for count, limit, what in (
-            (user, params.frequency_user_limit, "user"),
-            (ip, params.frequency_ip_limit, "IP"),
-            (device, params.frequency_device_limit, "device"),
+    return [
+        f"{measures[key]} submissions in the last {window} from this {what} (limit {limit})"
+        for key, what, limit in (
+            ("user", "user", params.frequency_user_limit),
+            ("ip", "IP", params.frequency_ip_limit),
+            ("device", "device", params.frequency_device_limit),
         )
     ]
-    return _worst_of(parts, {"user": user, "ip": ip, "device": device})
 
 
-def _increment(signals: Signals, params: FraudParams) -> _Factor:
+def _increment(signals: Signals, params: FraudParams) -> _Scored:
     delta = signals.delta
+    history = signals.user_deltas
     span = signals.delta_max - signals.delta_min
     position = 0.0 if span == 0 else _clamp01((delta - signals.delta_min) / span)
-    measures: dict[str, float] = {
-        "delta": delta,
-        "range_position": position,
-        "history": len(signals.user_deltas),
-    }
-    parts = [
-        (
-            params.increment_top_score
-            * ramp(
-                position,
-                1 - 2 * params.increment_top_fraction,
-                1 - params.increment_top_fraction,
-            ),
-            f"delta {delta} is at {position:.0%} of its action type's range "
-            f"{signals.delta_min} to {signals.delta_max}",
-        )
+    top = params.increment_top_fraction
+    in_range = params.increment_top_score * ramp(position, 1 - 2 * top, 1 - top)
+    measures: _Measures = {"delta": delta, "range_position": position, "history": len(history)}
+    if len(history) < params.increment_min_history:
+        return (in_range,), measures
+    median, mad = _median_mad_of_ints(history)
+    floor = max(mad, params.increment_mad_floor_ratio * abs(median), params.increment_mad_floor)
+    z = robust_z(float(delta), median=median, mad=floor)
+    measures.update(median=median, mad=mad, mad_used=floor, z=z)
+    return (in_range, ramp(z, params.increment_z_start, params.increment_z_end)), measures
+
+
+def _explain_increment(signals: Signals, params: FraudParams, measures: _Measures) -> list[str]:
+    delta = signals.delta
+    texts = [
+        f"delta {delta} is at {measures['range_position']:.0%} of its action type's range "
+        f"{signals.delta_min} to {signals.delta_max}"
     ]
-    if len(signals.user_deltas) >= params.increment_min_history:
-        median, mad = median_mad([float(d) for d in signals.user_deltas])
-        floor = max(mad, params.increment_mad_floor_ratio * abs(median), params.increment_mad_floor)
-        z = robust_z(float(delta), median=median, mad=floor)
-        measures.update(median=median, mad=mad, mad_used=floor, z=z)
-        parts.append(
-            (
-                ramp(z, params.increment_z_start, params.increment_z_end),
-                f"delta {delta} is {z:.1f} robust z above this user's median of {median:g} "
-                f"(MAD used {floor:.4g}, {len(signals.user_deltas)} submissions)",
-            )
+    if "z" in measures:
+        texts.append(
+            f"delta {delta} is {measures['z']:.1f} robust z above this user's median of "
+            f"{measures['median']:g} (MAD used {measures['mad_used']:.4g}, "
+            f"{len(signals.user_deltas)} submissions)"
         )
-    return _worst_of(parts, measures)
+    return texts
 
 
-def _timing(signals: Signals, params: FraudParams) -> _Factor:
+def _timing(signals: Signals, params: FraudParams, times: Sequence[float]) -> _Scored:
     now = signals.now
-    # A time after now (another node's clock ahead) counts as now.
-    times = sorted(min(t, now) for t in signals.user_times)
-    points = [*times, now]
-    intervals = [b - a for a, b in pairwise(points)]
-    intervals = intervals[-params.timing_max_intervals :]
-    burst = 1 + sum(1 for t in times if now - t < params.timing_burst_window_s)
-    measures: dict[str, float] = {"intervals": len(intervals), "burst": burst}
-    parts = [
-        (
-            ramp(burst, params.timing_burst_start, params.timing_burst_end),
-            f"{burst} submissions within {params.timing_burst_window_s:g} s "
-            f"(normal up to {params.timing_burst_start})",
-        )
+    burst = 1 + _count_within(times, now, params.timing_burst_window_s)
+    recent = times[-params.timing_max_intervals :]
+    if recent and recent[-1] > now:
+        # A time after now (another node's clock ahead) counts as now.
+        recent = [min(t, now) for t in recent]
+    points = [*recent, now]
+    intervals = list(map(operator.sub, points[1:], points))  # each later minus earlier
+    in_burst = ramp(burst, params.timing_burst_start, params.timing_burst_end)
+    measures: _Measures = {"intervals": len(intervals), "burst": burst}
+    if len(intervals) < params.timing_min_intervals:
+        return (in_burst,), measures
+    mean = math.fsum(intervals) / len(intervals)
+    cv = _coefficient_of_variation(intervals, mean)
+    evidence = len(intervals) / params.timing_max_intervals
+    measures.update(mean_interval_s=mean, cv=cv, evidence=evidence)
+    return (in_burst, ramp(cv, params.timing_cv_start, params.timing_cv_end) * evidence), measures
+
+
+def _explain_timing(signals: Signals, params: FraudParams, measures: _Measures) -> list[str]:
+    texts = [
+        f"{measures['burst']} submissions within {params.timing_burst_window_s:g} s "
+        f"(normal up to {params.timing_burst_start})"
     ]
-    if len(intervals) >= params.timing_min_intervals:
-        mean = math.fsum(intervals) / len(intervals)
-        cv = _coefficient_of_variation(intervals)
-        evidence = len(intervals) / params.timing_max_intervals
-        measures.update(mean_interval_s=mean, cv=cv, evidence=evidence)
+    if "cv" in measures:
+        evidence = measures["evidence"]
         counted = "" if evidence == 1 else f", counted at {evidence:.0%} for so few"
-        parts.append(
-            (
-                ramp(cv, params.timing_cv_start, params.timing_cv_end) * evidence,
-                f"the last {len(intervals)} intervals are machine-regular: mean {mean:.3g} s, "
-                f"CV {cv:.3f} (humans are above 0.3{counted})",
-            )
+        texts.append(
+            f"the last {measures['intervals']} intervals are machine-regular: mean "
+            f"{measures['mean_interval_s']:.3g} s, CV {measures['cv']:.3f} "
+            f"(humans are above 0.3{counted})"
         )
-    return _worst_of(parts, measures)
+    return texts
 
 
-def _identity(signals: Signals, params: FraudParams) -> _Factor:
-    parts = [
-        (
-            ramp(count, start, end),
-            f"{count} {what} in the last hour (normal up to {start})",
-        )
-        for count, start, end, what in (
-            (
-                signals.ip_users,
-                params.identity_ip_users_start,
-                params.identity_ip_users_end,
-                "accounts on this IP",
-            ),
-            (
-                signals.device_users,
-                params.identity_device_users_start,
-                params.identity_device_users_end,
-                "accounts on this device",
-            ),
-            (
-                signals.user_ips,
-                params.identity_user_ips_start,
-                params.identity_user_ips_end,
-                "IPs used by this account",
-            ),
+def _identity(signals: Signals, params: FraudParams) -> _Scored:
+    parts = (
+        ramp(signals.ip_users, params.identity_ip_users_start, params.identity_ip_users_end),
+        ramp(
+            signals.device_users,
+            params.identity_device_users_start,
+            params.identity_device_users_end,
+        ),
+        ramp(signals.user_ips, params.identity_user_ips_start, params.identity_user_ips_end),
+    )
+    measures: _Measures = {
+        "ip_users": signals.ip_users,
+        "device_users": signals.device_users,
+        "user_ips": signals.user_ips,
+    }
+    return parts, measures
+
+
+def _explain_identity(signals: Signals, params: FraudParams, measures: _Measures) -> list[str]:
+    return [
+        f"{count} {what} in the last hour (normal up to {start})"
+        for count, start, what in (
+            (signals.ip_users, params.identity_ip_users_start, "accounts on this IP"),
+            (signals.device_users, params.identity_device_users_start, "accounts on this device"),
+            (signals.user_ips, params.identity_user_ips_start, "IPs used by this account"),
         )
     ]
-    return _worst_of(
-        parts,
-        {
-            "ip_users": signals.ip_users,
-            "device_users": signals.device_users,
-            "user_ips": signals.user_ips,
-        },
-    )
 
 
-def _velocity(signals: Signals, params: FraudParams) -> _Factor:
+def _velocity(
+    signals: Signals, params: FraudParams, times: Sequence[float], deltas: Sequence[int]
+) -> _Scored:
     population = signals.population
-    if population is None or len(signals.user_times) < params.velocity_min_history:
-        return _Factor(score=0.0, reason="", measures={})
-    velocity = user_velocity(
-        signals.user_times,
-        signals.user_deltas,
-        signals.now,
-        signals.delta,
-        params.velocity_window_s,
+    if population is None or len(times) < params.velocity_min_history:
+        return (0.0,), {}
+    velocity = _velocity_in_order(
+        times, deltas, signals.now, signals.delta, params.velocity_window_s
     )
     floor = max(
         population.mad,
@@ -671,43 +696,44 @@ def _velocity(signals: Signals, params: FraudParams) -> _Factor:
         params.velocity_mad_floor,
     )
     z = robust_z(velocity, median=population.median, mad=floor)
-    return _worst_of(
-        [
-            (
-                ramp(z, params.velocity_z_start, params.velocity_z_end),
-                f"{velocity:.4g} points/min over the last {params.velocity_window_s:g} s is "
-                f"{z:.1f} robust z above recent players' median of {population.median:.4g} "
-                f"(MAD used {floor:.4g}, {population.count} observations)",
-            )
-        ],
-        {
-            "velocity": velocity,
-            "median": population.median,
-            "mad": population.mad,
-            "mad_used": floor,
-            "population": population.count,
-            "z": z,
-        },
+    measures: _Measures = {
+        "velocity": velocity,
+        "median": population.median,
+        "mad": population.mad,
+        "mad_used": floor,
+        "population": population.count,
+        "z": z,
+    }
+    return (ramp(z, params.velocity_z_start, params.velocity_z_end),), measures
+
+
+def _explain_velocity(signals: Signals, params: FraudParams, measures: _Measures) -> list[str]:
+    return [
+        f"{measures['velocity']:.4g} points/min over the last {params.velocity_window_s:g} s is "
+        f"{measures['z']:.1f} robust z above recent players' median of "
+        f"{measures['median']:.4g} (MAD used {measures['mad_used']:.4g}, "
+        f"{measures['population']} observations)"
+    ]
+
+
+_EXPLAINERS: Final[tuple[Callable[[Signals, FraudParams, _Measures], list[str]], ...]] = (
+    _explain_frequency,
+    _explain_increment,
+    _explain_timing,
+    _explain_identity,
+    _explain_velocity,
+)
+
+
+def _reason(parts: Sequence[float], texts: Sequence[str]) -> str:
+    """The sentence of every part above 0, worst first."""
+    if len(parts) == 1:
+        return texts[0] if parts[0] > 0 else ""
+    scored = sorted(
+        (part for part in zip(parts, texts, strict=True) if part[0] > 0),
+        key=lambda part: -part[0],
     )
-
-
-def _worst_of(parts: Sequence[tuple[float, str]], measures: dict[str, float]) -> _Factor:
-    """The factor scores its worst part; the reason names every part above 0, worst first."""
-    scored = sorted((part for part in parts if part[0] > 0), key=lambda part: -part[0])
-    return _Factor(
-        score=max(score for score, _ in parts),
-        reason="; ".join(text for _, text in scored),
-        measures=measures,
-    )
-
-
-_FACTOR_FUNCTIONS: Final[Mapping[str, Callable[[Signals, FraudParams], _Factor]]] = {
-    "frequency": _frequency,
-    "increment": _increment,
-    "timing": _timing,
-    "identity": _identity,
-    "velocity": _velocity,
-}
+    return "; ".join(text for _, text in scored)
 
 
 # ---------------------------------------------------------------- internals
@@ -722,13 +748,86 @@ def ramp(value: float, start: float, end: float) -> float:
     return _clamp01((value - start) / (end - start))
 
 
-def _coefficient_of_variation(intervals: Sequence[float]) -> float:
-    """Population sd / mean; 0 when every interval is 0 (all at one instant)."""
-    mean = math.fsum(intervals) / len(intervals)
+def _coefficient_of_variation(intervals: Sequence[float], mean: float) -> float:
+    """Population sd / ``mean`` (theirs); 0 when every interval is 0 (all at one instant)."""
     if mean <= 0:
         return 0.0
-    variance = math.fsum((x - mean) ** 2 for x in intervals) / len(intervals)
+    variance = math.fsum([(x - mean) ** 2 for x in intervals]) / len(intervals)
     return math.sqrt(variance) / mean
+
+
+def _chronological(
+    times: Sequence[float], deltas: Sequence[int]
+) -> tuple[list[float], Sequence[int]]:
+    """The history oldest first: as given when it already is (as the actor passes it).
+
+    Otherwise sorted by time, each delta staying with its time. ``times`` hold
+    no NaN (as in a :class:`Signals`), so sorting them orders them fully.
+    """
+    ordered = sorted(times)
+    if ordered == list(times):
+        return ordered, deltas
+    order = sorted(range(len(times)), key=times.__getitem__)
+    return [times[i] for i in order], [deltas[i] for i in order]
+
+
+def _count_within(times: Sequence[float], now: float, window_s: float) -> int:
+    """How many of ``times`` (oldest first) are less than ``window_s`` before ``now`` (or after).
+
+    Along the ascending times ``now - t < window_s`` turns true once and stays
+    true: bisecting at ``now - window_s`` finds where up to rounding, and the
+    test itself settles the last step.
+    """
+    first = bisect_right(times, now - window_s)
+    while first > 0 and now - times[first - 1] < window_s:
+        first -= 1
+    while first < len(times) and not now - times[first] < window_s:
+        first += 1
+    return len(times) - first
+
+
+def _velocity_in_order(
+    times: Sequence[float], deltas: Sequence[int], now: float, delta: int, window_s: float
+) -> float:
+    """:func:`user_velocity` of a history oldest first, with its arguments checked."""
+    first = len(times) - _count_within(times, now, window_s)
+    span_s = window_s
+    if first == 0 and len(times) >= HISTORY_MAX:
+        # Every known submission is inside the window: take the span they cover.
+        span_s = min(window_s, max(FREQUENCY_WINDOW_S, now - times[0]))
+    points = math.fsum(islice(deltas, first, None)) + float(delta)
+    return points * 60.0 / span_s
+
+
+def _median_mad_of_ints(values: Sequence[int]) -> tuple[float, float]:
+    """:func:`median_mad` of ``values`` as floats, without converting each one first.
+
+    ``float()`` keeps the order of ints, so the middle of the sorted ints is
+    the middle of the sorted floats; and ``int - float`` converts the int just
+    as ``float()`` does.
+    """
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    if len(ordered) % 2:
+        median = float(ordered[middle])
+    else:
+        median = (float(ordered[middle - 1]) + float(ordered[middle])) / 2
+    return median, _median(sorted([abs(value - median) for value in ordered]))
+
+
+def _weights(params: FraudParams) -> dict[str, float]:
+    return {
+        "frequency": float(params.frequency_weight),
+        "increment": float(params.increment_weight),
+        "timing": float(params.timing_weight),
+        "identity": float(params.identity_weight),
+        "velocity": float(params.velocity_weight),
+    }
+
+
+def _round_score(score: float) -> float:
+    """``round(score, 4)``, which leaves 0 and 1 (most scores) as they are, so skip it there."""
+    return round(score, _PLACES) if 0 < score < 1 else score
 
 
 def _median(ordered: Sequence[float]) -> float:
@@ -739,9 +838,10 @@ def _median(ordered: Sequence[float]) -> float:
 
 
 def _clamp01(value: float) -> float:
-    if math.isnan(value):
-        return 0.0
-    return min(1.0, max(0.0, value))
+    """``value`` within [0, 1]; 0 for NaN."""
+    if 0.0 < value < 1.0:
+        return value
+    return 1.0 if value >= 1.0 else 0.0
 
 
 def _round(value: float) -> float:
@@ -760,6 +860,63 @@ def _check_int64(name: str, value: int) -> None:
         raise ValueError(f"{name} must be an integer, not {value!r}")
     if not _INT64_MIN <= value <= _INT64_MAX:
         raise ValueError(f"{name} must be a signed 64-bit integer, not {value}")
+
+
+def _plainly_valid(signals: Signals) -> bool:
+    """Whether ``signals`` passes every check of :meth:`Signals.__post_init__`, at C speed.
+
+    True only when it does; False is no verdict (the checks then run one by
+    one). It asks for more than they do — lists or tuples, float times, every
+    integer of exact type ``int`` and within 64 bits — which is what the actor
+    passes, and it never raises. Without a NaN the ends of the sorted times
+    are the extremes, and a NaN or an infinity makes their sum NaN or
+    infinite; packing refuses an integer out of range.
+    """
+    now, times, deltas = signals.now, signals.user_times, signals.user_deltas
+    if not (
+        type(now) is float
+        and -MAX_ABS_TIME_S <= now <= MAX_ABS_TIME_S
+        and type(times) in _PLAIN_SEQUENCES
+        and type(deltas) in _PLAIN_SEQUENCES
+        and len(times) == len(deltas) <= HISTORY_MAX
+    ):
+        return False
+    if times:
+        if list(map(type, times)).count(float) != len(times):
+            return False
+        ordered = sorted(times)
+        if not (
+            ordered[0] >= -MAX_ABS_TIME_S
+            and ordered[-1] <= MAX_ABS_TIME_S
+            and math.isfinite(sum(ordered))
+        ):
+            return False
+    integers = [
+        signals.delta,
+        signals.delta_min,
+        signals.delta_max,
+        signals.ip_requests,
+        signals.device_requests,
+        signals.ip_users,
+        signals.device_users,
+        signals.user_ips,
+        *deltas,
+    ]
+    if not (
+        list(map(type, integers)).count(int) == len(integers)
+        and signals.delta_min <= signals.delta_max
+        and signals.ip_requests >= 0
+        and signals.device_requests >= 0
+        and signals.ip_users >= 1
+        and signals.device_users >= 1
+        and signals.user_ips >= 1
+    ):
+        return False
+    try:
+        _INT64_PACKERS[len(integers)].pack(*integers)
+    except struct.error:
+        return False
+    return True
 
 
 def _check_fraction(params: FraudParams, *names: str) -> None:

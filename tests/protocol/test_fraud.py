@@ -637,6 +637,24 @@ def test_robust_z_is_monotone_and_finite(values: list[float], x: float) -> None:
     assert robust_z(x + 1, median=median, mad=floor) >= z
 
 
+@given(any_signals(), st.one_of(st.just(PARAMS), any_params()), st.randoms(use_true_random=False))
+@settings(max_examples=100, deadline=None)
+def test_the_order_the_history_comes_in_changes_nothing(
+    s: Signals, params: FraudParams, rnd: random.Random
+) -> None:
+    # The actor passes it oldest first; any other order is scored the same.
+    order = list(range(len(s.user_times)))
+    rnd.shuffle(order)
+    times = [s.user_times[i] for i in order]
+    deltas = [s.user_deltas[i] for i in order]
+    shuffled = replace(s, user_times=times, user_deltas=deltas)
+    assert assess(shuffled, params).as_json() == assess(s, params).as_json()
+    window = params.velocity_window_s
+    assert user_velocity(times, deltas, s.now, s.delta, window) == user_velocity(
+        s.user_times, s.user_deltas, s.now, s.delta, window
+    )
+
+
 # ---------------------------------------------------------------- honest players
 
 
@@ -858,6 +876,89 @@ def test_params_refuse_bad_values(changes: dict[str, Any], message: str) -> None
 def test_signals_refuse_bad_values(changes: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         signals(**changes)
+
+
+BAD_TIMES = [math.nan, math.inf, -math.inf, True, "1.0", None, 1e13, -1e13, 10**13]
+BAD_INTEGERS = [1.0, 1.5, math.nan, True, False, "1", None, 2**63, -(2**63) - 1, 10**30]
+
+
+@pytest.mark.parametrize("bad", BAD_TIMES)
+@pytest.mark.parametrize("at", [0, 7, -1])
+def test_signals_refuse_any_bad_time_wherever_it_is(bad: Any, at: int) -> None:
+    times: list[Any] = times_ending_at_now([3.0] * 20)
+    times[at] = bad
+    with pytest.raises(ValueError, match="user_times must be"):
+        signals(user_times=times, user_deltas=[100] * 20)
+    with pytest.raises(ValueError, match="user_times must be"):
+        signals(user_times=tuple(times), user_deltas=(100,) * 20)
+    with pytest.raises(ValueError, match="now must be"):
+        signals(now=bad)
+
+
+@pytest.mark.parametrize("bad", BAD_INTEGERS)
+@pytest.mark.parametrize("at", [0, 7, -1])
+def test_signals_refuse_any_bad_delta_wherever_it_is(bad: Any, at: int) -> None:
+    deltas: list[Any] = [100] * 20
+    deltas[at] = bad
+    with pytest.raises(ValueError, match="user_deltas must be"):
+        signals(user_times=times_ending_at_now([3.0] * 20), user_deltas=deltas)
+    for field in ("delta", "delta_min", "delta_max"):
+        with pytest.raises(ValueError, match=f"{field} must be"):
+            signals(**{field: bad})
+
+
+@pytest.mark.parametrize("bad", [-1, 1.0, True, "1", None])
+@pytest.mark.parametrize(
+    "field", ["ip_requests", "device_requests", "ip_users", "device_users", "user_ips"]
+)
+def test_signals_refuse_any_bad_count(field: str, bad: Any) -> None:
+    with pytest.raises(ValueError, match=f"{field} must be an integer of at least"):
+        signals(**{field: bad})
+
+
+def test_signals_name_the_first_bad_field() -> None:
+    with pytest.raises(ValueError, match=r"^now"):
+        signals(now=math.nan, user_times=[math.nan], user_deltas=[1.5], delta=2**63)
+    with pytest.raises(ValueError, match=r"^user_times"):
+        signals(user_times=[math.nan], user_deltas=[1.5], delta=2**63)
+    with pytest.raises(ValueError, match=r"^delta must"):
+        signals(user_times=[NOW], user_deltas=[1.5], delta=2**63, ip_users=0)
+    with pytest.raises(ValueError, match=r"^user_deltas"):
+        signals(user_times=[NOW], user_deltas=[1.5], delta_min=5, delta_max=4)
+    with pytest.raises(ValueError, match=r"^delta_min"):
+        signals(user_times=[NOW, NOW], user_deltas=[1], delta_min=5, delta_max=4)
+    with pytest.raises(ValueError, match="same length"):
+        signals(user_times=[NOW, NOW], user_deltas=[1], ip_users=0)
+
+
+class Seconds(float):
+    pass
+
+
+class Points(int):
+    pass
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"now": int(NOW), "user_times": [int(NOW) - 10, NOW - 5.0], "user_deltas": [1, 2]},
+        {"now": Seconds(NOW), "user_times": [Seconds(NOW - 1)], "user_deltas": [Points(5)]},
+        {"user_times": [-MAX_ABS_TIME_S, MAX_ABS_TIME_S], "user_deltas": [INT64_MIN, INT64_MAX]},
+        {"delta": INT64_MIN, "delta_min": INT64_MIN, "delta_max": INT64_MAX},
+        {"delta": Points(7), "delta_min": Points(1), "delta_max": Points(9)},
+        {"ip_requests": 10**30, "device_requests": 2**64, "ip_users": 2**63},
+        {"ip_users": Points(3), "user_ips": Points(2)},
+        {
+            "now": MAX_ABS_TIME_S,
+            "user_times": [NOW] * HISTORY_MAX,
+            "user_deltas": [0] * HISTORY_MAX,
+        },
+    ],
+)
+def test_signals_take_every_valid_value(changes: dict[str, Any]) -> None:
+    s = signals(**changes)
+    check_assessment(assess(s, PARAMS), PARAMS)
 
 
 @pytest.mark.parametrize(

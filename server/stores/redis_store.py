@@ -243,7 +243,8 @@ def _decode(value: Any) -> Any:
     if isinstance(value, bytes):
         return value.decode("utf-8", "surrogateescape")
     if isinstance(value, list):
-        return [_decode(item) for item in value]
+        # Integers are most of a large reply (fraud histories): no call for them.
+        return [item if type(item) is int else _decode(item) for item in value]
     if isinstance(value, redis.exceptions.NoScriptError):
         # redis-py drops the NOSCRIPT prefix; put it back so callers can tell.
         return CommandError(f"NOSCRIPT {value}")

@@ -321,6 +321,8 @@ def _announce(settings: Settings, address: NodeAddress, embedded: bool) -> None:
     print(
         "\nPodium dev node ready\n"
         f"  HTTP        {address.http_url}   (/healthz, /readyz, /metrics)\n"
+        f"  Live page   {address.http_url}/\n"
+        f"  Admin page  {address.http_url}/admin   (sign in with the admin token)\n"
         f"  WebSocket   {address.ws_url}\n"
         f"  Redis       {settings.redis_url}\n"
         f"  PostgreSQL  {settings.database_url}\n"

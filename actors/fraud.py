@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 import outcome
 import trio
 
+from actors import ranking
 from actors.ranking import RankingClient, Reply, answer
 from protocol import fraud
 from protocol.errors import RateLimited, Unavailable
@@ -169,14 +170,11 @@ class _Event:
     at: float
 
 
-class Keys:
-    """Redis keys of the fraud engine; each player's, IP's and device's share a hash tag."""
+class Keys(ranking.Keys):
+    """Redis keys of the fraud engine; each player's, IP's and device's share a hash tag.
 
-    def __init__(self, prefix: str) -> None:
-        self.prefix = prefix
-
-    def nonce(self, nonce: str) -> str:
-        return f"{self.prefix}:nonce:{nonce}"
+    The nonce keys are the ranking actor's: it releases what admission claims.
+    """
 
     def user(self, user_id: str, part: str) -> str:
         return f"{self.prefix}:u:{{{user_id}}}:{part}"

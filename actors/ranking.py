@@ -1,7 +1,7 @@
 """The ranking actor: the only owner of Redis.
 
-Everything that touches Redis — applying committed scores, claiming action
-nonces, reading ranks — is a request to this actor. It takes whatever
+Everything that touches Redis — applying committed scores, releasing action
+nonces, reading ranks, other actors' commands — is a request to this actor. It takes whatever
 requests are waiting, turns them into **one** pipelined round trip, and
 answers each request on its own reply channel. Concurrent requests therefore
 batch themselves: one Lua call per touched leaderboard applies all its
@@ -87,11 +87,10 @@ class _Apply:
 
 
 @dataclass(slots=True)
-class _Nonce:
+class _Release:
+    """Forget a nonce claim (the fraud actor claims them, ``lua/admit.lua``)."""
+
     nonce: str
-    ttl_s: int
-    claim: bool
-    reply: Reply | None
 
 
 @dataclass(slots=True)
@@ -133,7 +132,7 @@ class _ReadGroup:
     requests: list[_Read]
 
 
-_Request = _Apply | _Nonce | _Read | _Snapshot | _Visibility | _Commands | _RebuildBoard
+_Request = _Apply | _Release | _Read | _Snapshot | _Visibility | _Commands | _RebuildBoard
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,13 +254,9 @@ class RankingActor:
             )
             plan.append((group, 1))
         for request in batch:
-            if isinstance(request, _Nonce):
-                key = self._keys.nonce(request.nonce)
-                if request.claim:
-                    commands.append(("SET", key, "1", "NX", "EX", max(1, request.ttl_s)))
-                else:
-                    commands.append(("DEL", key))
-                plan.append((request, 1))
+            if isinstance(request, _Release):
+                commands.append(("DEL", self._keys.nonce(request.nonce)))
+                plan.append((None, 1))
             elif isinstance(request, _Snapshot):
                 if self._rebuilding:
                     answer(request.reply, outcome.Error(_rebuilding()))
@@ -377,11 +372,8 @@ class RankingActor:
             for request, rank in zip(target, ranks, strict=True):
                 shown = None if rank is None or rank < 0 else int(rank) + 1
                 answer(request.reply, outcome.Value((request.result, shown)))
-        elif isinstance(target, _Nonce):
-            if isinstance(result, CommandError):
-                answer(target.reply, outcome.Error(Unavailable(result.message)))
-            else:
-                answer(target.reply, outcome.Value(result is not None and result != 0))
+        elif target is None:
+            pass  # a release: nobody waits for it
         elif isinstance(target, _Snapshot):
             seq, rows = target_result = result
             if isinstance(rows, CommandError) or isinstance(seq, CommandError):
@@ -414,8 +406,7 @@ class RankingActor:
 
         Applies were committed in PostgreSQL: they are acknowledged without a
         rank (and, with ``catch_up``, applied again once Redis answers; after a
-        flush the rebuild does that). Nonce claims get ``error``, which the
-        score path treats as "claimed" — PostgreSQL still refuses a reuse.
+        flush the rebuild does that). Reads get ``error``.
         """
         for target, _ in plan:
             if isinstance(target, list):
@@ -426,7 +417,7 @@ class RankingActor:
             elif isinstance(target, _ReadGroup):
                 for request in target.requests:
                     answer(request.reply, outcome.Error(error))
-            else:
+            elif target is not None:  # None: a release, which nobody waits for
                 answer(target.reply, outcome.Error(error))
 
     def _note_missed(self) -> None:
@@ -623,15 +614,10 @@ class RankingClient:
         """Hand over a committed state, waiting for room; the answer goes to ``reply``."""
         await self._inbox.send(_Apply(state, result, reply))
 
-    async def claim_nonce(self, nonce: str, ttl_s: int) -> bool:
-        """True if this call claimed the nonce, False if it was already used."""
-        claimed: bool = await self._ask(lambda reply: _Nonce(nonce, ttl_s, True, reply))
-        return claimed
-
     def release_nonce_nowait(self, nonce: str) -> None:
         """Forget a claim whose submission did not commit (best effort)."""
         with contextlib.suppress(trio.WouldBlock):
-            self._inbox.send_nowait(_Nonce(nonce, 0, False, None))
+            self._inbox.send_nowait(_Release(nonce))
 
     async def top(
         self, board: Board, *, offset: int, limit: int, after_user: str = ""

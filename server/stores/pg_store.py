@@ -282,18 +282,18 @@ class PostgresStore:
             )
             if updated is None:
                 return False
-            details = json.dumps({"reason": reason})
             await conn.execute(
                 "INSERT INTO fraud_logs (user_id, event_type, risk_score, metadata) "
                 "VALUES ($1, 'shadow_ban', 1, $2::jsonb)",
                 user_id,
-                details,
+                json.dumps({"reason": reason}),
             )
-            await conn.execute(
-                "INSERT INTO audit_log (actor, action, target, details) "
-                "VALUES ('fraud-engine', 'user.shadow_ban', $1, $2::jsonb)",
+            await self._audit_aio(
+                conn,
+                "fraud-engine",
+                "user.shadow_ban",
                 user_id,
-                details,
+                {"from": "active", "to": "shadow_banned", "reason": reason},
             )
             return True
 

@@ -1,3 +1,4 @@
+-- uses: board
 -- Apply committed record states to one leaderboard period, publish its new top N.
 --
 -- KEYS[1] zset   score -> member "<tiebreak hex>:<user_id>"
@@ -22,12 +23,6 @@
 local desc = ARGV[1] == '1'
 local top_n = tonumber(ARGV[2])
 local FIRST = 7
-
-local function parse(meta)
-    local a = string.find(meta, '|', 1, true)
-    local b = string.find(meta, '|', a + 1, true)
-    return tonumber(string.sub(meta, 1, a - 1)), string.sub(meta, a + 1, b - 1), string.sub(meta, b + 1)
-end
 
 local applied = 0
 local change, changed_user = ARGV[5], ARGV[6]
@@ -114,15 +109,9 @@ for i = FIRST, #ARGV, 5 do
         local hidden = redis.call('HGET', KEYS[4], ARGV[i])
         if hidden and hidden ~= '' then
             -- The rank a hidden user's score would have: their own ack looks as usual.
-            if desc then
-                rank = redis.call('ZCOUNT', KEYS[1], '(' .. hidden, '+inf')
-            else
-                rank = redis.call('ZCOUNT', KEYS[1], '-inf', '(' .. hidden)
-            end
-        elseif desc then
-            rank = redis.call('ZREVRANK', KEYS[1], member)
+            rank = would_be_rank(KEYS[1], hidden, desc)
         else
-            rank = redis.call('ZRANK', KEYS[1], member)
+            rank = rank_of(KEYS[1], member, desc)
         end
     end
     result[#result + 1] = rank or -1

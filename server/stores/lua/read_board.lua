@@ -1,3 +1,4 @@
+-- uses: board
 -- Read a leaderboard period: a range of ranks, the ranks around a user, or given users.
 --
 -- KEYS[1] zset, KEYS[2] hash, KEYS[3] hidden users' hash (see apply_records.lua)
@@ -14,19 +15,6 @@
 -- shadow-banned player sees their own score as if nothing happened.
 local desc = ARGV[1] == '1'
 local mode = ARGV[2]
-
-local function parse(meta)
-    local a = string.find(meta, '|', 1, true)
-    local b = string.find(meta, '|', a + 1, true)
-    return tonumber(string.sub(meta, 1, a - 1)), string.sub(meta, a + 1, b - 1), string.sub(meta, b + 1)
-end
-
-local function rank_of(member)
-    if desc then
-        return redis.call('ZREVRANK', KEYS[1], member)
-    end
-    return redis.call('ZRANK', KEYS[1], member)
-end
 
 local function range(first, last, out)
     if last < first then
@@ -55,7 +43,7 @@ if mode == 'range' then
         local held = redis.call('HGET', KEYS[2], ARGV[5])
         if held then
             local _, member = parse(held)
-            local r = rank_of(member)
+            local r = rank_of(KEYS[1], member, desc)
             if r then
                 first = r + 1
             end
@@ -68,7 +56,7 @@ elseif mode == 'around' then
         return {}
     end
     local _, member = parse(held)
-    local r = rank_of(member)
+    local r = rank_of(KEYS[1], member, desc)
     if not r then
         return {}
     end
@@ -84,18 +72,14 @@ else
         local held = redis.call('HGET', KEYS[2], ARGV[i])
         if held then
             local _, member, name = parse(held)
-            local r = rank_of(member)
+            local r = rank_of(KEYS[1], member, desc)
             local score = nil
             if r then
                 score = redis.call('ZSCORE', KEYS[1], member)
             else
                 score = redis.call('HGET', KEYS[3], ARGV[i])
                 if score and score ~= '' then
-                    if desc then
-                        r = redis.call('ZCOUNT', KEYS[1], '(' .. score, '+inf')
-                    else
-                        r = redis.call('ZCOUNT', KEYS[1], '-inf', '(' .. score)
-                    end
+                    r = would_be_rank(KEYS[1], score, desc)
                 else
                     score = nil
                 end

@@ -22,7 +22,6 @@ from functools import partial
 from typing import Any, Final
 
 import trio
-import trio_asyncio
 
 from actors.catalog import CatalogActor
 from actors.connection import ConnectionContext
@@ -42,6 +41,7 @@ from server.http_server import HttpServer
 from server.metrics import NodeMetrics
 from server.migrations import Migration, load_migrations
 from server.score_path import ScorePath
+from server.stores import aio_loop
 from server.stores.pg_store import PostgresStore, open_postgres
 from server.stores.redis_store import RedisStore, open_redis
 from server.ws_listener import WsListener
@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 
 async def migrate(database_url: str) -> tuple[int, ...]:
     """Apply pending migrations to ``database_url``; the versions applied now."""
-    async with trio_asyncio.open_loop(), open_postgres(database_url, min_size=1, max_size=1) as pg:
+    async with aio_loop.open_loop(), open_postgres(database_url, min_size=1, max_size=1) as pg:
         return await pg.apply_migrations(load_migrations())
 
 
@@ -217,7 +217,7 @@ class Node:
         assert settings.redis_url is not None and settings.database_url is not None
         migrations = load_migrations()
         async with (
-            trio_asyncio.open_loop(),
+            aio_loop.open_loop(),
             open_redis(settings.redis_url, timeout_s=settings.redis_timeout_s) as redis,
             open_postgres(
                 settings.database_url,

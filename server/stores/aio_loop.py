@@ -1,0 +1,113 @@
+"""The asyncio loop that asyncpg and redis.asyncio run on, inside Trio.
+
+:func:`open_loop` is ``trio_asyncio.open_loop()`` with one change to how the
+loop runs its callbacks. trio-asyncio's loop is a Trio task that takes asyncio
+callbacks (``call_soon`` handles: task steps, future callbacks, transport
+reads) from a Trio memory channel, **one per pass of the Trio scheduler**:
+every callback costs a full scheduler round (a checkpoint, a cancel scope, an
+``epoll_wait``). One Redis or PostgreSQL round trip is about ten callbacks, so
+at a few hundred requests per second that round-robin was the largest single
+cost of a node (profiled: ~50 scheduler rounds per score submission).
+
+Here the loop runs, after the callback it waited for, every callback that is
+**already** queued and every timer already due — up to
+:data:`MAX_CALLBACKS_PER_PASS` — before it yields, as asyncio's own loop runs
+its whole ready queue per iteration. Order is unchanged (the channel is FIFO;
+due timers run first, as in trio-asyncio); callbacks queued while a pass runs
+join it, which is what asyncio does too, bounded so Trio tasks are never
+starved. Everything else — I/O readiness, timers, shutdown, Trio-flavoured
+handles — is trio-asyncio's own code.
+
+trio-asyncio's loop keeps its queue in ``_q_recv`` and its timers in
+``_timers``; the version is pinned in ``pyproject.toml`` and
+``tests/server/test_aio_loop.py`` fails if those change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, Final
+
+import trio
+import trio_asyncio
+from sniffio import thread_local as sniffio_library
+from trio_asyncio._base import BaseTrioEventLoop
+from trio_asyncio._handles import AsyncHandle
+
+MAX_CALLBACKS_PER_PASS: Final = 256
+"""Callbacks one pass may run before the loop yields to other Trio tasks."""
+
+_original_main_loop_one: Final = BaseTrioEventLoop._main_loop_one
+
+
+async def _main_loop_one(self: Any, no_wait: bool = False) -> None:
+    if no_wait:
+        # Shutdown's drain: trio-asyncio's own step.
+        await _original_main_loop_one(self, no_wait)
+        return
+    obj: Any = None
+    if self._timers:
+        timeout = self._timers[0]._when - self.time()
+        if timeout <= 0:
+            obj = heapq.heappop(self._timers)
+    else:
+        timeout = math.inf
+    if obj is None:
+        with trio.move_on_after(timeout):
+            obj = await self._q_recv.receive()
+        if obj is None:
+            return  # a timer is due: the next pass takes it
+        if isinstance(obj, asyncio.TimerHandle):
+            heapq.heappush(self._timers, obj)
+            return
+    budget = MAX_CALLBACKS_PER_PASS
+    while True:
+        if isinstance(obj, AsyncHandle):
+            # A Trio-flavoured handle: started in the loop's nursery, as trio-asyncio does.
+            obj._context.run(self._nursery.start_soon, obj._run, name=obj._callback)
+            await obj._started.wait()
+            return
+        if not obj._cancelled:
+            prev_library, sniffio_library.name = sniffio_library.name, "asyncio"
+            try:
+                obj._run()
+            finally:
+                sniffio_library.name = prev_library
+        budget -= 1
+        if budget == 0:
+            return
+        obj = None
+        while obj is None:
+            if self._timers and self._timers[0]._when <= self.time():
+                obj = heapq.heappop(self._timers)
+                break
+            try:
+                obj = self._q_recv.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                return
+            if isinstance(obj, asyncio.TimerHandle):
+                heapq.heappush(self._timers, obj)
+                obj = None
+
+
+_installed = False
+
+
+def install() -> None:
+    """Make every trio-asyncio loop run its ready callbacks per pass (idempotent)."""
+    global _installed
+    if not _installed:
+        BaseTrioEventLoop._main_loop_one = _main_loop_one
+        _installed = True
+
+
+@asynccontextmanager
+async def open_loop() -> AsyncIterator[Any]:
+    """``trio_asyncio.open_loop()``, running ready callbacks in batches (see module doc)."""
+    install()
+    async with trio_asyncio.open_loop() as loop:
+        yield loop

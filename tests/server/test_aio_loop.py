@@ -1,0 +1,108 @@
+"""The asyncio loop under Trio runs ready callbacks per pass, in order, without starving Trio."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import trio
+import trio_asyncio
+from trio_asyncio._base import BaseTrioEventLoop
+
+from server.stores import aio_loop
+
+
+class Passes(trio.abc.Instrument):
+    """Counts passes of the Trio scheduler (each pass waits for I/O once)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def before_io_wait(self, timeout: float) -> None:
+        self.count += 1
+
+
+def test_the_private_parts_it_relies_on_are_there() -> None:
+    # aio_loop replaces BaseTrioEventLoop._main_loop_one and reads the loop's
+    # _q_recv and _timers; a trio-asyncio that renames them must fail here.
+    assert callable(BaseTrioEventLoop._main_loop_one)
+
+    async def main() -> None:
+        async with aio_loop.open_loop() as loop:
+            assert hasattr(loop, "_q_recv") and hasattr(loop, "_timers")
+            assert BaseTrioEventLoop._main_loop_one is aio_loop._main_loop_one
+
+    trio.run(main)
+
+
+async def test_ready_callbacks_run_in_order_within_a_pass_or_two() -> None:
+    async with aio_loop.open_loop() as loop:
+        ran: list[int] = []
+        done = trio.Event()
+        passes = Passes()
+        trio.lowlevel.add_instrument(passes)
+        try:
+            for i in range(200):
+                loop.call_soon(ran.append, i)
+            loop.call_soon(done.set)
+            await done.wait()
+        finally:
+            trio.lowlevel.remove_instrument(passes)
+        assert ran == list(range(200))
+        # trio-asyncio alone takes one pass per callback (201 here).
+        assert passes.count <= 4
+
+
+async def test_due_timers_run_and_asyncio_code_works() -> None:
+    async with aio_loop.open_loop() as loop:
+        fired: list[str] = []
+        loop.call_later(0.01, fired.append, "later")
+        loop.call_soon(fired.append, "soon")
+
+        async def aio_work() -> int:
+            await asyncio.sleep(0.02)
+            fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+            asyncio.get_running_loop().call_soon(fut.set_result, 7)
+            return await fut
+
+        assert await trio_asyncio.aio_as_trio(aio_work)() == 7
+        assert fired == ["soon", "later"]
+
+
+async def test_a_callback_storm_does_not_starve_trio_tasks() -> None:
+    async with aio_loop.open_loop() as loop:
+        spins = 0
+        stop = False
+
+        def spin() -> None:
+            # Re-queues itself forever: asyncio's "call_soon in a loop".
+            nonlocal spins
+            spins += 1
+            if not stop:
+                loop.call_soon(spin)
+
+        loop.call_soon(spin)
+        with trio.fail_after(5):
+            for _ in range(3):
+                await trio.lowlevel.checkpoint()  # each returns: Trio gets its turns
+        stop = True
+        assert spins >= 1
+        # A pass runs at most MAX_CALLBACKS_PER_PASS callbacks before yielding.
+        assert spins <= 4 * aio_loop.MAX_CALLBACKS_PER_PASS
+
+
+@pytest.mark.parametrize("count", [1, aio_loop.MAX_CALLBACKS_PER_PASS + 5])
+async def test_callbacks_queued_during_a_pass_run_in_order(count: int) -> None:
+    async with aio_loop.open_loop() as loop:
+        ran: list[int] = []
+        done = trio.Event()
+
+        def first() -> None:
+            ran.append(-1)
+            for i in range(count):
+                loop.call_soon(ran.append, i)
+            loop.call_soon(done.set)
+
+        loop.call_soon(first)
+        await done.wait()
+        assert ran == [-1, *range(count)]

@@ -1,0 +1,69 @@
+"""RedisStore.pipeline against the real Redis: replies, errors in their slots, scripts, cut-offs."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import trio
+
+from protocol.errors import Unavailable
+from server.stores import aio_loop
+from server.stores.redis_store import CommandError, Script, open_redis
+
+
+async def test_one_round_trip_gives_each_command_its_reply_or_its_error(redis_url: str) -> None:
+    async with aio_loop.open_loop(), open_redis(redis_url) as redis:
+        replies = await redis.pipeline(
+            [
+                ("SET", "t:s", "héllo"),
+                ("GET", "t:s"),
+                ("INCR", "t:s"),  # not an integer: this command's error, in its slot
+                ("ZADD", "t:z", 5, "ann"),
+                ("ZRANGE", "t:z", 0, -1, "WITHSCORES"),
+                ("GET", "t:missing"),
+            ]
+        )
+        assert replies[0] == "OK"
+        assert replies[1] == "héllo"
+        assert isinstance(replies[2], CommandError)
+        assert "not an integer" in replies[2].message
+        assert replies[3:] == [1, ["ann", "5"], None]
+
+
+async def test_scripts_load_themselves_after_a_flush(redis_url: str) -> None:
+    async with aio_loop.open_loop(), open_redis(redis_url) as redis:
+        call = Script("gcra", keys=["t:gcra"], args=[1_000, 10_000, 1_000_000, 1])
+        first = await redis.pipeline([call])
+        assert not isinstance(first[0], CommandError)
+        await redis.pipeline([("SCRIPT", "FLUSH")])
+        again = await redis.pipeline([("PING",), call])
+        assert again[0] == "PONG"
+        assert not isinstance(again[1], CommandError), again[1]
+
+
+async def test_a_cut_off_pipeline_leaves_no_reply_behind_for_the_next(redis_url: str) -> None:
+    async with aio_loop.open_loop(), open_redis(redis_url, timeout_s=0.3) as redis:
+        # BLPOP holds the connection for 3 s; the store gives up at 0.3 s.
+        began = time.monotonic()
+        with pytest.raises(Unavailable) as cut:
+            await redis.pipeline([("BLPOP", "t:never", "3")])
+        assert cut.value.code == "redis_timeout"
+        # Were the connection reused, PING would wait behind BLPOP and then
+        # read its nil reply: it must answer PONG, at once.
+        with trio.fail_after(1):
+            assert await redis.pipeline([("PING",), ("ECHO", "after")]) == ["PONG", "after"]
+        assert time.monotonic() - began < 2
+
+
+async def test_concurrent_pipelines_each_get_their_own_replies(redis_url: str) -> None:
+    async with aio_loop.open_loop(), open_redis(redis_url) as redis:
+        results: dict[int, list[object]] = {}
+
+        async def one(i: int) -> None:
+            results[i] = await redis.pipeline([("ECHO", f"a{i}"), ("ECHO", f"b{i}")])
+
+        async with trio.open_nursery() as nursery:
+            for i in range(20):
+                nursery.start_soon(one, i)
+        assert results == {i: [f"a{i}", f"b{i}"] for i in range(20)}

@@ -860,7 +860,11 @@ async def open_postgres(
     try:
         with trio.fail_after(command_timeout_s):
             pool = await trio_asyncio.aio_as_trio(asyncpg.create_pool)(
-                dsn, min_size=min_size, max_size=max_size, command_timeout=command_timeout_s
+                dsn,
+                min_size=min_size,
+                max_size=max_size,
+                command_timeout=command_timeout_s,
+                reset=_keep_session,
             )
     except (trio.TooSlowError, *_UNAVAILABLE) as exc:
         raise Unavailable(
@@ -873,6 +877,17 @@ async def open_postgres(
         with trio.CancelScope(shield=True), trio.move_on_after(command_timeout_s):
             await trio_asyncio.aio_as_trio(pool.close)()
         pool.terminate()
+
+
+async def _keep_session(conn: Any) -> None:
+    """The pool's reset between uses: nothing beyond asyncpg's own.
+
+    asyncpg always ends an open transaction when a connection goes back to
+    its pool; its default reset then also sends ``RESET ALL``, ``CLOSE ALL``,
+    ``UNLISTEN *`` and an advisory-lock release — one more round trip per
+    use, for session state this module never leaves behind (no SET, LISTEN
+    or cursors; the migration lock is released in a ``finally``).
+    """
 
 
 async def create_database(admin_dsn: str, name: str, *, template: str | None = None) -> None:

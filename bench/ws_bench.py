@@ -14,18 +14,23 @@ Modes:
 
 * ``fanout`` — N clients (``--clients``, 1000) spread over P load processes
   (``--procs``, 2), each subscribed to ``global``'s top 10, as spectators
-  (or signed in, ``--auth``). A driver in this process submits over HTTP at
-  R per second (``--rate``, 100), paced, with action tokens minted ahead.
-  It submits for T *climbers* (T = ``--top``) that set-up lifts above every
-  other player, so every submission shows in the top T. The **delivery
-  latency** of a submission to one client is the time that client received
-  the first ``update`` reflecting it — the first sequence number whose
-  entries give that climber at least the acknowledged score (updates are
-  coalesced, so one frame can reflect several submissions) — minus the time
-  the driver received its 200. Both are ``time.monotonic()``
-  (CLOCK_MONOTONIC, one clock for every process on Linux). Also reported:
-  update frames delivered per second over all clients, frames per CPU-second
-  of the node, and the node's RSS before and after the clients connected.
+  (or signed in, ``--auth``). The clients are as cheap per frame as we can
+  make them (raw frames over trio sockets, :mod:`bench.ws_frames`), since
+  they share the cores with the node they measure. A driver in this process
+  submits at R per second (``--rate``, 100), paced (open loop), with action
+  tokens minted ahead: by default over WebSockets, one signed-in socket per
+  climber with acks matched by id (``--via ws``), or over HTTP
+  (``--via http``). It submits for T *climbers* (T = ``--top``) that set-up
+  lifts above every other player, so every submission shows in the top T.
+  The **delivery latency** of a submission to one client is the time that
+  client received the first ``update`` reflecting it — the first sequence
+  number whose entries give that climber at least the acknowledged score
+  (updates are coalesced, so one frame can reflect several submissions) —
+  minus the time the driver received its ack (its 200 over HTTP). Both are
+  ``time.monotonic()`` (CLOCK_MONOTONIC, one clock for every process on
+  Linux), taken once per read on either side. Also reported: update frames
+  delivered per second over all clients, frames per CPU-second of the node,
+  and the node's RSS before and after the clients connected.
 * ``fanout --idle`` — N idle connections (5000; welcome only, no
   subscription) held for ``--seconds``: the node's RSS per connection, its
   CPU while idle (heartbeats), and whether it kept every connection.
@@ -56,6 +61,7 @@ import os
 import random
 import resource
 import secrets
+import select
 import signal
 import sys
 import time
@@ -69,7 +75,7 @@ import httpx
 import trio
 import trio_websocket
 
-from bench import http_bench
+from bench import http_bench, ws_frames
 from bench.common import (
     MAX_ERROR_SAMPLES,
     ROOT,
@@ -111,11 +117,25 @@ from bench.http_bench import (
     tree_cpu_seconds,
 )
 from bench.loadgen import Connection, ConnectionLost
+from bench.ws_frames import (
+    OP_CLOSE,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    RECV_BYTES,
+    Message,
+    client_frame,
+    close_code,
+    close_payload,
+    reply_code,
+    text_frame,
+)
 from protocol import action_token
 from server.client import ClientError, ConnectionClosed, PodiumClient, open_client
 from server.embedded import free_port, open_embedded_postgres, open_embedded_redis
 
 MODES: Final = ("fanout", "ws-submit")
+VIAS: Final = ("ws", "http")
 LOAD_READY_TIMEOUT_S: Final = 300.0
 CONNECT_TIMEOUT_S: Final = 60.0
 DRAIN_S: Final = 2.0
@@ -127,7 +147,9 @@ DRIVER_DELTA_MAX: Final = 100
 LIFTS: Final = 3  # x DELTA_MAX puts a climber above any seeded player
 MAX_TOKEN_POOL: Final = 200_000
 MAX_FRAME_BYTES: Final = 1 << 20
-WIDE_OPEN: Final = "100000"  # PODIUM_WS_RATE_* for ws-submit: measure the node, not the limiter
+# PODIUM_WS_RATE_* for ws-submit and the fanout driver's sockets: measure the node, not the
+# limiter (a climber's socket carries rate / top submissions per second).
+WIDE_OPEN: Final = "100000"
 
 
 # ---------------------------------------------------------------- options
@@ -159,8 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
         "fanout",
         help="N subscribed clients, a paced submitter: delivery latency, frames/s, RSS",
         description="N WebSocket clients watch global's top T while a driver submits at R/s "
-        "over HTTP; delivery latency from ack to each client's first update reflecting it. "
-        "With --idle: N idle connections and the node's RSS per connection.",
+        "over WebSockets (or HTTP); delivery latency from ack to each client's first update "
+        "reflecting it. With --idle: N idle connections and the node's RSS per connection.",
     )
     add = fanout.add_argument
     add("--clients", type=bounded(int, 1, 100_000), default=None, help="(1000; 5000 with --idle)")
@@ -171,6 +193,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=10,
         help="top N watched, and climbers (10); over 10 needs "
         "--node-env PODIUM_RANKING_PUBLISH_TOP_N=N",
+    )
+    add(
+        "--via",
+        choices=VIAS,
+        default="ws",
+        help="how the driver submits: ws, one signed-in socket per climber, acks by id "
+        "(default); http, POST /v1/scores/update over keep-alive connections",
     )
     add("--auth", action="store_true", help="clients sign in as players (else spectators)")
     add("--idle", action="store_true", help="idle connections only: RSS per connection")
@@ -207,6 +236,7 @@ class Options:
     clients: int = 0
     rate: float = 100.0
     top: int = 10
+    via: str = "ws"
     auth: bool = False
     idle: bool = False
     connect_concurrency: int = 100
@@ -298,89 +328,162 @@ class _Watch:
 class WatchLoad:
     """C connections that (optionally) sign in and subscribe, then record every frame.
 
-    Deliberately lean per frame (raw trio-websocket, no JSON until the end):
-    the load shares the machine with the node. Identical frames — every
-    client gets the same encoded update — are stored once.
+    Deliberately lean per frame, since the load shares the machine with the
+    node: raw frames (:mod:`bench.ws_frames`), no JSON until the end, and
+    once a connection is set up, no task of its own. One task, :meth:`pump`,
+    waits on an epoll set of every connected socket and, for each socket
+    ready, reads it once (``recv`` on the non-blocking socket), takes
+    ``time.monotonic()`` and feeds that socket's frame reader. A task per
+    socket waiting in ``receive_some`` costs about 2.5 times more CPU per
+    frame, and trio-websocket about 10 times (its reader task, an event per
+    frame and a channel hand-off). Identical frames — every client gets the
+    same encoded update — are stored once.
+
+    Pings are answered at once with a pong carrying their payload (the node
+    drops a peer that misses two heartbeats); a close frame is answered and
+    its code recorded (1005 if it has none), EOF or a reset records 1006.
     """
 
     def __init__(self, spec: dict[str, Any]) -> None:
         self.spec = spec
         self.watches = [_Watch() for _ in range(int(spec["clients"]))]
-        self.sockets: list[trio_websocket.WebSocketConnection] = []
+        self.sockets: list[ws_frames.ClientSocket] = []
         self.unique: dict[str | bytes, int] = {}
         self.recording = False
         self.failures: Counter[str] = Counter()
         self.ready = _Ready(len(self.watches))
+        # The connected sockets the pump reads, by file descriptor.
+        self.poller = select.epoll()
+        self.polled: dict[int, tuple[ws_frames.ClientSocket, _Watch]] = {}
 
-    async def _open(
-        self, nursery: trio.Nursery, index: int, limiter: trio.Semaphore
-    ) -> trio_websocket.WebSocketConnection:
+    async def _open(self, index: int, limiter: trio.Semaphore) -> ws_frames.ClientSocket:
         spec = self.spec
         async with limiter:
-            ws = await trio_websocket.connect_websocket_url(
-                nursery, spec["url"], max_message_size=MAX_FRAME_BYTES
-            )
+            ws = await ws_frames.connect(spec["url"], max_message_bytes=MAX_FRAME_BYTES)
             self.sockets.append(ws)
-            welcome = json.loads(await ws.get_message())
+            welcome = await _next_json(ws)
             if welcome.get("type") != "welcome":
                 raise BenchError(f"first frame was {welcome.get('type')!r}, not welcome")
             tokens = spec.get("tokens") or []
             if tokens:
-                await ws.send_message(json.dumps({"type": "auth", "token": tokens[index]}))
+                await ws.send(text_frame(json.dumps({"type": "auth", "token": tokens[index]})))
                 await self._expect(ws, "authed")
             if spec["subscribe"]:
-                await ws.send_message(
-                    json.dumps(
-                        {"type": "subscribe", "leaderboard": spec["board"], "top": spec["top"]}
+                await ws.send(
+                    text_frame(
+                        json.dumps(
+                            {"type": "subscribe", "leaderboard": spec["board"], "top": spec["top"]}
+                        )
                     )
                 )
                 await self._expect(ws, "snapshot")
         return ws
 
     @staticmethod
-    async def _expect(ws: trio_websocket.WebSocketConnection, kind: str) -> None:
+    async def _expect(ws: ws_frames.ClientSocket, kind: str) -> None:
         for _ in range(100):
-            frame = json.loads(await ws.get_message())
+            frame = await _next_json(ws)
             if frame.get("type") == kind:
                 return
             if frame.get("type") == "error":
                 raise BenchError(f"{frame.get('code')}: {frame.get('message')}")
         raise BenchError(f"no {kind} in 100 frames")
 
-    async def client(self, nursery: trio.Nursery, index: int, limiter: trio.Semaphore) -> None:
+    async def client(self, index: int, limiter: trio.Semaphore) -> None:
+        """Set connection ``index`` up, then hand it to :meth:`pump`."""
         watch = self.watches[index]
         try:
             with trio.fail_after(CONNECT_TIMEOUT_S):
-                ws = await self._open(nursery, index, limiter)
+                ws = await self._open(index, limiter)
         except (
-            trio_websocket.HandshakeError,
-            trio_websocket.ConnectionClosed,
+            ws_frames.ConnectionClosed,
             trio.TooSlowError,
+            trio.BrokenResourceError,
             OSError,
             ValueError,
             BenchError,
         ) as exc:
-            reason = getattr(exc, "reason", None)
-            detail = f" {reason.code}" if reason is not None else ""
+            code = getattr(exc, "code", None)
+            detail = f" {code}" if code is not None else ""
             sample_error(self.failures, f"{type(exc).__name__}{detail}: {exc}")
             self.ready.tick()
             return
         watch.connected = True
         self.ready.tick()
-        times, frames, unique = watch.times, watch.frames, self.unique
-        monotonic = time.monotonic
-        try:
-            while True:
-                frame = await ws.get_message()
+        # What the set-up read past the snapshot, then the pump.
+        messages = list(ws.backlog)
+        ws.backlog.clear()
+        if self._take(ws, watch, messages, time.monotonic()):
+            fd = ws.raw.fileno()
+            self.polled[fd] = (ws, watch)
+            self.poller.register(fd, select.EPOLLIN)
+
+    async def pump(self) -> None:
+        """Read every connected socket until cancelled: one read per ready socket per pass."""
+        poll, polled, monotonic = self.poller.poll, self.polled, time.monotonic
+        epoll_fd = self.poller.fileno()
+        while True:
+            await trio.lowlevel.wait_readable(epoll_fd)
+            for fd, _ in poll(0):
+                ws, watch = polled[fd]
+                try:
+                    data = ws.raw.recv(RECV_BYTES)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    data = b""  # reset: as good as EOF
                 now = monotonic()
+                if not data:
+                    self._drop(ws, watch, ws_frames.ABNORMAL)
+                    continue
+                try:
+                    messages = ws.reader.feed(data)
+                except ws_frames.FrameError as exc:
+                    # What trio-websocket would have closed with: a protocol error.
+                    sample_error(self.failures, f"after connecting: FrameError: {exc}")
+                    self._drop(ws, watch, 1002)
+                    continue
+                self._take(ws, watch, messages, now)
+
+    def _take(
+        self, ws: ws_frames.ClientSocket, watch: _Watch, messages: list[Message], now: float
+    ) -> bool:
+        """Record one read's messages, received at ``now``; False if the socket is done."""
+        for opcode, payload in messages:
+            if opcode == OP_TEXT:
                 if self.recording:
-                    number = unique.get(frame)
+                    unique = self.unique
+                    number = unique.get(payload)
                     if number is None:
-                        number = unique[frame] = len(unique)
-                    times.append(now)
-                    frames.append(number)
-        except trio_websocket.ConnectionClosed as exc:
-            watch.close_code = exc.reason.code if exc.reason is not None else 1006
+                        number = unique[payload] = len(unique)
+                    watch.times.append(now)
+                    watch.frames.append(number)
+            elif opcode == OP_PING:
+                # The node's heartbeat. Nothing else writes to this socket once it is set
+                # up, and a pong is tiny: the socket's empty send buffer takes it whole.
+                if not ws.send_nowait(client_frame(OP_PONG, payload)):
+                    sample_error(self.failures, "after connecting: could not send a pong")
+                    self._drop(ws, watch, ws_frames.ABNORMAL)
+                    return False
+            elif opcode == OP_CLOSE:
+                try:
+                    code = close_code(payload)
+                except ws_frames.FrameError:
+                    code = 1002
+                ws.close_sent = ws.close_sent or ws.send_nowait(
+                    client_frame(OP_CLOSE, close_payload(reply_code(code)))
+                )
+                self._drop(ws, watch, code)
+                return False
+        return True
+
+    def _drop(self, ws: ws_frames.ClientSocket, watch: _Watch, code: int) -> None:
+        """The connection ended with ``code``: stop polling it and close it."""
+        watch.close_code = code
+        fd = ws.raw.fileno()
+        if self.polled.pop(fd, None) is not None:
+            self.poller.unregister(fd)
+        ws.abort()
 
     def result(self, start: float, end: float) -> dict[str, Any]:
         decoded: list[dict[str, Any]] = []
@@ -422,10 +525,28 @@ class WatchLoad:
         }
 
     async def close_all(self) -> None:
+        """Close every socket with 1000, each waiting for the node's close frame; bounded.
+
+        The pump must have stopped: a socket has one reader.
+        """
+        for fd in self.polled:
+            self.poller.unregister(fd)
+        self.polled.clear()
+        trio.lowlevel.notify_closing(self.poller.fileno())
+        self.poller.close()
         with trio.move_on_after(CLOSE_TIMEOUT_S):
             async with trio.open_nursery() as nursery:
                 for ws in self.sockets:
                     nursery.start_soon(ws.aclose)
+        for ws in self.sockets:
+            ws.abort()
+
+
+async def _next_json(ws: ws_frames.ClientSocket) -> dict[str, Any]:
+    """The next message as a JSON object (for setting up only; ``{}`` if it is not one)."""
+    _, payload = await ws.message()
+    frame = json.loads(payload)
+    return frame if isinstance(frame, dict) else {}
 
 
 class SubmitLoad:
@@ -554,9 +675,10 @@ async def load_async(spec: dict[str, Any]) -> dict[str, Any]:
 
     load = WatchLoad(spec)
     async with trio.open_nursery() as nursery:
+        nursery.start_soon(load.pump)
         limiter = trio.Semaphore(int(spec["connect_concurrency"]))
         for i in range(len(load.watches)):
-            nursery.start_soon(load.client, nursery, i, limiter)
+            nursery.start_soon(load.client, i, limiter)
         with trio.fail_after(LOAD_READY_TIMEOUT_S):
             await load.ready.event.wait()
         connected = sum(w.connected for w in load.watches)
@@ -566,8 +688,8 @@ async def load_async(spec: dict[str, Any]) -> dict[str, Any]:
         await sleep_until(end + float(spec["drain_s"]))
         load.recording = False
         result = load.result(start, end)
-        await load.close_all()
-        nursery.cancel_scope.cancel()
+        nursery.cancel_scope.cancel()  # the pump stops before the closing handshakes
+    await load.close_all()
     return result
 
 
@@ -693,12 +815,18 @@ class Submission:
     scheduled: float
     sent: float = 0.0
     acked: float = 0.0
-    status: int = 0
+    #: 200 for an ack (or HTTP 200); an HTTP status, or over a WebSocket the error's code;
+    #: 0 while unanswered.
+    status: int | str = 0
     new_score: int | None = None
 
 
-class Driver:
-    """Submits at ``rate`` per second over HTTP, paced (open loop), for the climbers."""
+class HttpDriver:
+    """Submits at ``rate`` per second over HTTP, paced (open loop), for the climbers.
+
+    DRIVER_CONNECTIONS keep-alive connections; each submission takes one from
+    the pool for its request and puts it back.
+    """
 
     def __init__(self, ctx: Ctx, count: int) -> None:
         self.ctx = ctx
@@ -724,13 +852,17 @@ class Driver:
             )
         self.submissions: list[Submission] = []
         self.errors: Counter[str] = Counter()
+        self._pool = trio.open_memory_channel[Connection](DRIVER_CONNECTIONS)
 
-    async def run(self, begin: float, end: float) -> None:
-        pool_send, pool_receive = trio.open_memory_channel[Connection](DRIVER_CONNECTIONS)
+    async def connect(self) -> None:
+        """Open the pool's connections (before the run, so no submission waits for them)."""
         for _ in range(DRIVER_CONNECTIONS):
             connection = Connection(HOST, self.ctx.http_port)
             await connection.open()
-            pool_send.send_nowait(connection)
+            self._pool[0].send_nowait(connection)
+
+    async def run(self, begin: float, end: float) -> None:
+        pool_send, pool_receive = self._pool
         deadline = end + DRAIN_S + REQUEST_TIMEOUT_S
         with trio.move_on_after(max(0.0, deadline - time.monotonic())):
             async with trio.open_nursery() as nursery:
@@ -773,6 +905,180 @@ class Driver:
                 await connection.open()
         finally:
             pool_send.send_nowait(connection)
+
+
+class WsDriver:
+    """Submits at ``rate`` per second over WebSockets, paced (open loop), for the climbers.
+
+    This is how the fan-out issue defines delivery latency: from the *ack* of
+    a submission — the WebSocket reply — to each client's frame. One socket
+    per climber, signed in with the climber's access token; submission k goes
+    on climber k mod T's socket with id k, its frame built (and masked) ahead,
+    and is sent from a task of its own, so a socket can have several in
+    flight. A reader per socket takes ``time.monotonic()`` once per read, as
+    the watch clients do, and matches each ``ack`` or ``error`` to its
+    submission by id.
+    """
+
+    def __init__(self, ctx: Ctx, count: int) -> None:
+        self.ctx = ctx
+        self.rate = ctx.opts.rate
+        rng = random.Random(7)
+        # (socket index, user id, frame); the same tokens as HttpDriver's.
+        self.requests: list[tuple[int, str, bytes]] = []
+        for i in range(count):
+            index = i % len(ctx.climbers)
+            climber = ctx.climbers[index]
+            token = mint(ctx.secrets, climber.user_id, rng.randint(1, DRIVER_DELTA_MAX))
+            body = {"type": "submit", "id": i, "action_token": token}
+            self.requests.append(
+                (index, climber.user_id, text_frame(json.dumps(body, separators=(",", ":"))))
+            )
+        self.submissions: list[Submission] = []
+        self.errors: Counter[str] = Counter()
+        self.sockets: list[ws_frames.ClientSocket] = []
+        # Per socket, the submissions sent and not yet answered, by id.
+        self._waiting: list[dict[int, Submission]] = [{} for _ in ctx.climbers]
+        self._unanswered = 0
+        self._paced = False
+        self._settled = trio.Event()
+
+    async def connect(self) -> None:
+        """Open and sign in every climber's socket (before the run, untimed)."""
+        url = self.ctx.ws_url
+        for climber in self.ctx.climbers:
+            try:
+                with trio.fail_after(CONNECT_TIMEOUT_S):
+                    ws = await ws_frames.connect(url, max_message_bytes=MAX_FRAME_BYTES)
+                    self.sockets.append(ws)
+                    welcome = await _next_json(ws)
+                    if welcome.get("type") != "welcome":
+                        raise BenchError(f"first frame was {welcome.get('type')!r}, not welcome")
+                    await ws.send(
+                        text_frame(json.dumps({"type": "auth", "token": climber.access_token}))
+                    )
+                    authed = await _next_json(ws)
+            except (
+                ws_frames.ConnectionClosed,
+                trio.TooSlowError,
+                trio.BrokenResourceError,
+                OSError,
+                ValueError,
+            ) as exc:
+                await self.aclose()
+                raise BenchError(
+                    f"the driver could not connect: {type(exc).__name__}: {exc}"
+                ) from exc
+            if authed.get("type") != "authed":
+                await self.aclose()
+                raise BenchError(f"the driver could not sign in a climber: {authed}")
+
+    async def run(self, begin: float, end: float) -> None:
+        deadline = end + DRAIN_S + REQUEST_TIMEOUT_S
+        try:
+            async with trio.open_nursery() as readers:
+                for index, ws in enumerate(self.sockets):
+                    readers.start_soon(self._read, index, ws)
+                with trio.move_on_after(max(0.0, deadline - time.monotonic())):
+                    async with trio.open_nursery() as senders:
+                        for k, (index, user_id, frame) in enumerate(self.requests):
+                            when = begin + k / self.rate
+                            if when >= end:
+                                break
+                            await sleep_until(when)
+                            submission = Submission(user_id, when)
+                            self.submissions.append(submission)
+                            self._waiting[index][k] = submission
+                            self._unanswered += 1
+                            senders.start_soon(self._send, index, k, submission, frame)
+                    self._paced = True
+                    if self._unanswered:
+                        await self._settled.wait()
+                readers.cancel_scope.cancel()  # a socket has one reader: stop it before closing
+        finally:
+            await self.aclose()
+
+    async def _send(self, index: int, k: int, submission: Submission, frame: bytes) -> None:
+        submission.sent = time.monotonic()
+        try:
+            await self.sockets[index].send(frame)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            sample_error(self.errors, f"connection error: {type(exc).__name__}: {exc}")
+            if self._waiting[index].pop(k, None) is not None:
+                self._answered()
+
+    def _answered(self, count: int = 1) -> None:
+        self._unanswered -= count
+        if self._paced and not self._unanswered:
+            self._settled.set()
+
+    async def _read(self, index: int, ws: ws_frames.ClientSocket) -> None:
+        code = await self._read_until_closed(ws, self._waiting[index])
+        waiting = self._waiting[index]
+        if waiting:
+            sample_error(self.errors, f"a driver socket closed with {code}, submissions unanswered")
+            count = len(waiting)
+            waiting.clear()
+            self._answered(count)
+
+    async def _read_until_closed(
+        self, ws: ws_frames.ClientSocket, waiting: dict[int, Submission]
+    ) -> int:
+        """Read replies until the connection ends; its close code (1006 without a close frame)."""
+        monotonic = time.monotonic
+        messages = list(ws.backlog)
+        ws.backlog.clear()
+        now = monotonic()
+        try:
+            while True:
+                for opcode, payload in messages:
+                    if opcode == OP_TEXT:
+                        self._reply(waiting, payload, now)
+                    elif opcode == OP_PING:
+                        await ws.send(client_frame(OP_PONG, payload))
+                    elif opcode == OP_CLOSE:
+                        code = close_code(payload)
+                        await ws.answer_close(code)
+                        return code
+                data = await ws.stream.receive_some(RECV_BYTES)
+                now = monotonic()
+                if not data:
+                    break
+                messages = ws.reader.feed(data)
+        except (trio.BrokenResourceError, ws_frames.FrameError) as exc:
+            sample_error(self.errors, f"connection error: {type(exc).__name__}: {exc}")
+        ws.abort()
+        return ws_frames.ABNORMAL
+
+    def _reply(self, waiting: dict[int, Submission], payload: bytes, now: float) -> None:
+        try:
+            reply = json.loads(payload)
+            kind, msg_id = reply.get("type"), reply.get("id")
+        except (ValueError, AttributeError):
+            sample_error(self.errors, f"unreadable frame: {payload[:200]!r}")
+            return
+        submission = waiting.pop(msg_id, None) if isinstance(msg_id, int) else None
+        if submission is None:
+            if kind == "error":  # one that answers no submission (an id-less rate_limited)
+                sample_error(self.errors, f"{reply.get('code')}: {reply.get('message')}")
+            return
+        submission.acked = now
+        if kind == "ack":
+            submission.status = 200
+            submission.new_score = int(reply["new_score"])
+        else:
+            submission.status = str(reply.get("code", kind))
+            sample_error(self.errors, f"{submission.status}: {reply.get('message')}")
+        self._answered()
+
+    async def aclose(self) -> None:
+        """Close every socket with 1000 (the readers have stopped); bounded."""
+        with trio.move_on_after(CLOSE_TIMEOUT_S):
+            async with trio.open_nursery() as nursery:
+                for ws in self.sockets:
+                    nursery.start_soon(ws.aclose)
+        for ws in self.sockets:
+            ws.abort()
 
 
 # ---------------------------------------------------------------- fanout
@@ -858,10 +1164,10 @@ async def run_fanout(ctx: Ctx, run: int) -> dict[str, Any]:
                 "drain_s": DRAIN_S,
             }
         )
-    driver = None
+    driver: WsDriver | HttpDriver | None = None
     if not opts.idle:
-        count = math.ceil(opts.rate * (opts.warmup + opts.seconds)) + 1
-        driver = Driver(ctx, min(count, MAX_TOKEN_POOL))
+        count = min(MAX_TOKEN_POOL, math.ceil(opts.rate * (opts.warmup + opts.seconds)) + 1)
+        driver = WsDriver(ctx, count) if opts.via == "ws" else HttpDriver(ctx, count)
     began = time.monotonic()
     async with started_loads(ctx, specs, f"{opts.kind}-r{run}") as loads:
         readies = [await load.ready() for load in loads]
@@ -870,6 +1176,8 @@ async def run_fanout(ctx: Ctx, run: int) -> dict[str, Any]:
         ctx.node.check_alive()
         await trio.sleep(SETTLE_S)
         rss_connected = rss_kib(ctx.node.pid)
+        if driver is not None:
+            await driver.connect()
         start = time.monotonic() + 0.05 + opts.warmup
         end = start + opts.seconds
         for load in loads:
@@ -925,6 +1233,7 @@ async def run_fanout(ctx: Ctx, run: int) -> dict[str, Any]:
     statuses = Counter(str(s.status) for s in submitted)
     lateness = sorted(max(0.0, s.sent - s.scheduled) * 1000 for s in driver.submissions if s.sent)
     figures |= {
+        "via": opts.via,
         "rate": opts.rate,
         "top": opts.top,
         "auth": opts.auth,
@@ -1175,6 +1484,7 @@ def summary_text(row: dict[str, Any]) -> str:
 def header(opts: Options, machine: dict[str, Any], nofile: tuple[int, int]) -> str:
     extra = " ".join(f"{k}={v}" for k, v in opts.node_env) or "defaults"
     nproc = machine["nproc"]
+    driver: list[str] = []
     if opts.mode == "ws-submit":
         load = (
             f"{opts.procs} process(es), {opts.sockets} signed-in sockets, closed loop over "
@@ -1190,10 +1500,24 @@ def header(opts: Options, machine: dict[str, Any], nofile: tuple[int, int]) -> s
     else:
         who = "signed-in players" if opts.auth else "spectators"
         load = (
-            f"{opts.procs} process(es), {opts.clients} {who} on {LEADERBOARD} top {opts.top} "
-            f"(raw trio-websocket); driver: HTTP at {opts.rate:g}/s paced, for {opts.top} "
-            "climbers, in this process"
+            f"{opts.procs} process(es), {opts.clients} {who} on {LEADERBOARD} top {opts.top}, "
+            "raw frames (bench/ws_frames.py) read by one epoll task per process, 127.0.0.1 only"
         )
+        if opts.via == "ws":
+            via = (
+                "WebSocket (--via ws): one signed-in socket per climber, submits matched to "
+                f"acks by id; WS rate limit raised to {WIDE_OPEN}/s"
+            )
+        else:
+            via = (
+                f"HTTP (--via http): POST /v1/scores/update over {DRIVER_CONNECTIONS} "
+                "keep-alive connections"
+            )
+        driver = [
+            f"driver    {via}",
+            f"          {opts.rate:g}/s paced (open loop) for {opts.top} climbers, in this "
+            "process; delivery latency counts from the ack (the reply to the submission)",
+        ]
         what = "Podium WebSocket benchmark: fanout"
     return "\n".join(
         [
@@ -1207,6 +1531,7 @@ def header(opts: Options, machine: dict[str, Any], nofile: tuple[int, int]) -> s
             "postgres  embedded, DURABLE (fsync=on, synchronous_commit=on): commits pay real fsync",
             "redis     embedded, appendonly everysec",
             f"load      {load}",
+            *driver,
             f"settings  warm-up {opts.warmup:g} s, window {opts.seconds:g} s, repeat {opts.repeat}",
         ]
     )
@@ -1219,9 +1544,13 @@ def node_settings(opts: Options, ws_port: int) -> list[tuple[str, str]]:
     env = [("PODIUM_WS_PORT", str(ws_port))]
     if opts.connections > 9000:
         env.append(("PODIUM_WS_MAX_CONNECTIONS", str(opts.connections + 1000)))
-    if opts.mode == "ws-submit":
+    if opts.mode == "ws-submit" or _ws_driver(opts):
         env += [("PODIUM_WS_RATE_PER_S", WIDE_OPEN), ("PODIUM_WS_RATE_BURST", WIDE_OPEN)]
     return env + list(opts.node_env)
+
+
+def _ws_driver(opts: Options) -> bool:
+    return opts.mode == "fanout" and not opts.idle and opts.via == "ws"
 
 
 async def bench(opts: Options, root: Path) -> dict[str, Any]:

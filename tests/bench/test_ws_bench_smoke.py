@@ -45,8 +45,10 @@ def test_fanout_tiny_run(tmp_path: Path) -> None:
         "--seconds", "1.5", "--warmup", "0.5", "--repeat", "2",
     )  # fmt: skip
     assert re.search(r"^fanout\s+n=12\s+run 2/2\s+connected 12/12", report, re.M), report
+    assert re.search(r"^driver\s+WebSocket \(--via ws\)", report, re.M), report
     assert len(figures["runs"]) == 2
     for run in figures["runs"]:
+        assert run["via"] == "ws" and run["driver_errors"] == {}, report
         assert run["connected"] == 12 and run["refused"] == 0, report
         assert run["submissions"] > 0 and run["non_200"] == {}, report
         # Every measured submission reached every client, in order, after its ack
@@ -64,6 +66,20 @@ def test_fanout_tiny_run(tmp_path: Path) -> None:
         assert run["closed_early"] == {}, report
     summary = figures["summary"]
     assert summary["runs"] == 2 and summary["delivery_ms"]["p50"] is not None
+
+
+def test_fanout_tiny_run_via_http(tmp_path: Path) -> None:
+    figures, report = run_bench(
+        tmp_path, "fanout-http",
+        "fanout", "--via", "http", "--clients", "4", "--procs", "1", "--rate", "20",
+        "--top", "3", "--seconds", "1", "--warmup", "0.3",
+    )  # fmt: skip
+    assert re.search(r"^driver\s+HTTP \(--via http\)", report, re.M), report
+    (run,) = figures["runs"]
+    assert run["via"] == "http" and run["connected"] == 4, report
+    assert run["submissions"] > 0 and run["non_200"] == {} and run["driver_errors"] == {}, report
+    assert run["deliveries"] == 4 * run["submissions"] and run["missed"] == 0, report
+    assert run["delivery_ms"]["p99"] is not None and run["closed_early"] == {}, report
 
 
 def test_fanout_idle_tiny_run(tmp_path: Path) -> None:

@@ -359,15 +359,8 @@ class WatchLoad:
     async def _open(self, index: int, limiter: trio.Semaphore) -> ws_frames.ClientSocket:
         spec = self.spec
         async with limiter:
-            ws = await ws_frames.connect(spec["url"], max_message_bytes=MAX_FRAME_BYTES)
-            self.sockets.append(ws)
-            welcome = await _next_json(ws)
-            if welcome.get("type") != "welcome":
-                raise BenchError(f"first frame was {welcome.get('type')!r}, not welcome")
             tokens = spec.get("tokens") or []
-            if tokens:
-                await ws.send(text_frame(json.dumps({"type": "auth", "token": tokens[index]})))
-                await self._expect(ws, "authed")
+            ws = await open_socket(spec["url"], tokens[index] if tokens else None, self.sockets)
             if spec["subscribe"]:
                 await ws.send(
                     text_frame(
@@ -376,18 +369,8 @@ class WatchLoad:
                         )
                     )
                 )
-                await self._expect(ws, "snapshot")
+                await _expect(ws, "snapshot")
         return ws
-
-    @staticmethod
-    async def _expect(ws: ws_frames.ClientSocket, kind: str) -> None:
-        for _ in range(100):
-            frame = await _next_json(ws)
-            if frame.get("type") == kind:
-                return
-            if frame.get("type") == "error":
-                raise BenchError(f"{frame.get('code')}: {frame.get('message')}")
-        raise BenchError(f"no {kind} in 100 frames")
 
     async def client(self, index: int, limiter: trio.Semaphore) -> None:
         """Set connection ``index`` up, then hand it to :meth:`pump`."""
@@ -547,6 +530,33 @@ async def _next_json(ws: ws_frames.ClientSocket) -> dict[str, Any]:
     _, payload = await ws.message()
     frame = json.loads(payload)
     return frame if isinstance(frame, dict) else {}
+
+
+async def _expect(ws: ws_frames.ClientSocket, kind: str) -> None:
+    """Read set-up messages until one of type ``kind``; an ``error`` or 100 others fail."""
+    for _ in range(100):
+        frame = await _next_json(ws)
+        if frame.get("type") == kind:
+            return
+        if frame.get("type") == "error":
+            raise BenchError(f"{frame.get('code')}: {frame.get('message')}")
+    raise BenchError(f"no {kind} in 100 frames")
+
+
+async def open_socket(
+    url: str, token: str | None, opened: list[ws_frames.ClientSocket]
+) -> ws_frames.ClientSocket:
+    """Connect (appending the socket to ``opened``, so it is closed whatever happens),
+    check the welcome, and sign in with ``token`` if there is one."""
+    ws = await ws_frames.connect(url, max_message_bytes=MAX_FRAME_BYTES)
+    opened.append(ws)
+    welcome = await _next_json(ws)
+    if welcome.get("type") != "welcome":
+        raise BenchError(f"first frame was {welcome.get('type')!r}, not welcome")
+    if token is not None:
+        await ws.send(text_frame(json.dumps({"type": "auth", "token": token})))
+        await _expect(ws, "authed")
+    return ws
 
 
 class SubmitLoad:
@@ -949,29 +959,20 @@ class WsDriver:
         for climber in self.ctx.climbers:
             try:
                 with trio.fail_after(CONNECT_TIMEOUT_S):
-                    ws = await ws_frames.connect(url, max_message_bytes=MAX_FRAME_BYTES)
-                    self.sockets.append(ws)
-                    welcome = await _next_json(ws)
-                    if welcome.get("type") != "welcome":
-                        raise BenchError(f"first frame was {welcome.get('type')!r}, not welcome")
-                    await ws.send(
-                        text_frame(json.dumps({"type": "auth", "token": climber.access_token}))
-                    )
-                    authed = await _next_json(ws)
+                    await open_socket(url, climber.access_token, self.sockets)
             except (
                 ws_frames.ConnectionClosed,
                 trio.TooSlowError,
                 trio.BrokenResourceError,
                 OSError,
                 ValueError,
+                BenchError,
             ) as exc:
                 await self.aclose()
                 raise BenchError(
-                    f"the driver could not connect: {type(exc).__name__}: {exc}"
+                    f"the driver could not connect and sign in a climber: "
+                    f"{type(exc).__name__}: {exc}"
                 ) from exc
-            if authed.get("type") != "authed":
-                await self.aclose()
-                raise BenchError(f"the driver could not sign in a climber: {authed}")
 
     async def run(self, begin: float, end: float) -> None:
         deadline = end + DRAIN_S + REQUEST_TIMEOUT_S

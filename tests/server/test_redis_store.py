@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 import trio
+from redis.asyncio.connection import Connection
 
 from protocol.errors import Unavailable
 from server.stores import aio_loop
-from server.stores.redis_store import CommandError, Script, open_redis
+from server.stores.redis_store import CommandError, Script, open_redis, pack_commands
 
 
 async def test_one_round_trip_gives_each_command_its_reply_or_its_error(redis_url: str) -> None:
@@ -67,3 +69,23 @@ async def test_concurrent_pipelines_each_get_their_own_replies(redis_url: str) -
             for i in range(20):
                 nursery.start_soon(one, i)
         assert results == {i: [f"a{i}", f"b{i}"] for i in range(20)}
+
+
+@pytest.mark.parametrize(
+    "commands",
+    [
+        [("PING",)],
+        [("SET", "k", "v"), ("GET", "k")],
+        [("EVALSHA", "a" * 40, 2, "k1", "k2", 0, -7, 2**63 - 1, 1.5, 1e-7, "héllo", b"\x00\xff")],
+        [("ECHO", ""), ("ECHO", "x" * 70_000)],
+    ],
+)
+def test_pack_commands_sends_what_redis_py_would(commands: list[tuple[Any, ...]]) -> None:
+    reference = Connection(host="127.0.0.1", port=1, protocol=2)
+    assert pack_commands(commands) == b"".join(reference.pack_commands(commands))
+
+
+def test_pack_commands_refuses_what_redis_py_refuses() -> None:
+    for bad in (True, None, ["x"]):
+        with pytest.raises(TypeError):
+            pack_commands([("SET", "k", bad)])

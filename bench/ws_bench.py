@@ -378,14 +378,7 @@ class WatchLoad:
         try:
             with trio.fail_after(CONNECT_TIMEOUT_S):
                 ws = await self._open(index, limiter)
-        except (
-            ws_frames.ConnectionClosed,
-            trio.TooSlowError,
-            trio.BrokenResourceError,
-            OSError,
-            ValueError,
-            BenchError,
-        ) as exc:
+        except SETUP_FAILURES as exc:
             code = getattr(exc, "code", None)
             detail = f" {code}" if code is not None else ""
             sample_error(self.failures, f"{type(exc).__name__}{detail}: {exc}")
@@ -523,6 +516,17 @@ class WatchLoad:
                     nursery.start_soon(ws.aclose)
         for ws in self.sockets:
             ws.abort()
+
+
+#: How setting a socket up can fail: refused, closed, timed out, or an unexpected answer.
+SETUP_FAILURES: Final = (
+    ws_frames.ConnectionClosed,
+    trio.TooSlowError,
+    trio.BrokenResourceError,
+    OSError,
+    ValueError,
+    BenchError,
+)
 
 
 async def _next_json(ws: ws_frames.ClientSocket) -> dict[str, Any]:
@@ -960,14 +964,7 @@ class WsDriver:
             try:
                 with trio.fail_after(CONNECT_TIMEOUT_S):
                     await open_socket(url, climber.access_token, self.sockets)
-            except (
-                ws_frames.ConnectionClosed,
-                trio.TooSlowError,
-                trio.BrokenResourceError,
-                OSError,
-                ValueError,
-                BenchError,
-            ) as exc:
+            except SETUP_FAILURES as exc:
                 await self.aclose()
                 raise BenchError(
                     f"the driver could not connect and sign in a climber: "

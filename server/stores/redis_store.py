@@ -99,9 +99,9 @@ class RedisStore:
     """A Redis client used from Trio. Make with :func:`open_redis`.
 
     :meth:`pipeline` — the hot path — does not go through redis-py's
-    ``Pipeline`` and pool: it packs every command with redis-py's encoder,
-    sends them in one write on a connection of its own and reads the replies
-    with redis-py's parser. That skips, per round trip, the pool's lock and
+    ``Pipeline`` and pool: it packs the commands itself (:func:`pack_commands`),
+    sends them in one write on a redis-py connection of its own and reads the
+    replies with redis-py's parser. That skips, per round trip, the pool's lock and
     bookkeeping, the retry wrapper, and the asyncio timeout (a task for the
     write and a timer per reply) that ``socket_timeout`` would add: the whole
     call already runs under a Trio deadline, and a connection interrupted

@@ -721,22 +721,19 @@ ONE_MACHINE_MANY_PLAYERS: Final = {
 }
 
 
-@contextlib.asynccontextmanager
-async def running_node(
-    opts: Options,
+def node_environ(
     root: Path,
     redis_url: str,
     database_url: str,
     secrets_: NodeSecrets,
+    http_port: int,
+    ws_port: int,
     *,
     load_test: bool = True,
-) -> AsyncIterator[tuple[NodeProcess, int]]:
-    """A node for the benchmarks; ``load_test`` lifts what stops one machine
-    posing as many players (:data:`ONE_MACHINE_MANY_PLAYERS`)."""
-    http_port, ws_port = free_port(HOST), free_port(HOST)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PODIUM_")}
-    env |= {
-        "PYTHONPATH": str(ROOT),
+) -> dict[str, str]:
+    """The PODIUM_* settings of a benchmark node; ``load_test`` adds
+    :data:`ONE_MACHINE_MANY_PLAYERS`."""
+    env = {
         "PODIUM_BIND_HOST": HOST,
         "PODIUM_HTTP_PORT": str(http_port),
         "PODIUM_WS_PORT": str(ws_port),
@@ -755,6 +752,27 @@ async def running_node(
     }
     if load_test:
         env |= ONE_MACHINE_MANY_PLAYERS
+    return env
+
+
+@contextlib.asynccontextmanager
+async def running_node(
+    opts: Options,
+    root: Path,
+    redis_url: str,
+    database_url: str,
+    secrets_: NodeSecrets,
+    *,
+    load_test: bool = True,
+) -> AsyncIterator[tuple[NodeProcess, int]]:
+    """A node for the benchmarks; ``load_test`` lifts what stops one machine
+    posing as many players (:data:`ONE_MACHINE_MANY_PLAYERS`)."""
+    http_port, ws_port = free_port(HOST), free_port(HOST)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PODIUM_")}
+    env |= {"PYTHONPATH": str(ROOT)}
+    env |= node_environ(
+        root, redis_url, database_url, secrets_, http_port, ws_port, load_test=load_test
+    )
     env |= dict(opts.node_env)
     node = NodeProcess(env, root / "node.log", http_port)
     try:

@@ -9,8 +9,10 @@ its own Trio run, so its CPU is not the node's — signs a player in and
 submits ``--count`` action tokens one after another over WebSocket
 (``--via http``: ``POST /v1/scores/update``), each after the last one's
 answer: the low-rate regime, where nothing batches and every submission pays
-every stage's fixed cost. ``--watch`` adds a spectator of global's top 10,
-so the fan-out path (pub/sub receive, frames) runs too.
+every stage's fixed cost. ``--in-flight K`` has K players submit side by
+side (each one at a time), so the node batches as under load. ``--watch``
+adds a spectator of global's top 10, so the fan-out path (pub/sub receive,
+frames) runs too.
 
 It prints, per submission, the node thread's CPU (``time.thread_time``, so
 other processes' load changes it little) split by Trio task — actors named
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio.events
+import contextlib
 import dataclasses
 import json
 import sys
@@ -53,6 +56,7 @@ TIMEOUT_S: Final = 120.0
 @dataclasses.dataclass(frozen=True)
 class Options:
     count: int
+    in_flight: int
     via: str
     watch: bool
     node_env: list[tuple[str, str]]
@@ -69,11 +73,17 @@ def parse_options(argv: Sequence[str]) -> Options:
     parser.add_argument(
         "--count", type=bounded(int, 10, 100_000), default=500, help="measured submissions (500)"
     )
+    parser.add_argument(
+        "--in-flight",
+        type=bounded(int, 1, 256),
+        default=1,
+        help="players submitting side by side, each one at a time (1)",
+    )
     parser.add_argument("--via", choices=("ws", "http"), default="ws", help="ws (default) or http")
     parser.add_argument("--watch", action="store_true", help="add a spectator of global's top 10")
     add_node_options(parser)
     ns = parser.parse_args(argv)
-    return Options(ns.count, ns.via, ns.watch, list(ns.node_env), ns.json, ns.keep)
+    return Options(ns.count, ns.in_flight, ns.via, ns.watch, list(ns.node_env), ns.json, ns.keep)
 
 
 class TaskCpu(trio.abc.Instrument):
@@ -151,66 +161,76 @@ def callback_label(handle: asyncio.events.Handle) -> str:
 
 
 class Client:
-    """The submitting client; runs in its own thread and Trio run."""
+    """The submitting client; runs in its own thread and Trio run.
 
-    def __init__(self, opts: Options, node: Node, address: Any, secrets_: NodeSecrets) -> None:
-        self.opts, self.node, self.address, self.secrets = opts, node, address, secrets_
+    ``--in-flight K`` players submit side by side, each one at a time (K
+    sockets, or K HTTP requests at once): the node batches what arrives
+    together, as under load. The client shares the process (and the GIL)
+    with the node, so its throughput means nothing; the node's CPU per
+    submission and where it goes do.
+    """
+
+    def __init__(self, opts: Options, address: Any, secrets_: NodeSecrets) -> None:
+        self.opts, self.address, self.secrets = opts, address, secrets_
         self.token = trio.lowlevel.current_trio_token()
-        self.cpu_s = 0.0
         self.wall_s = 0.0
+        self.measured = 0
 
     def run(self, start: Callable[[], None], stop: Callable[[], None]) -> None:
         trio.run(self._main, start, stop)
 
     async def _main(self, start: Callable[[], None], stop: Callable[[], None]) -> None:
-        async with httpx.AsyncClient(base_url=self.address.http_url, timeout=30) as http:
-            reply = await http.post("/v1/auth/device", json={"device_id": "bench-profile-device"})
-            if reply.status_code != 200:
-                raise BenchError(f"signing in: {reply.status_code} {reply.text[:200]}")
-            player = reply.json()
-            user_id, access = player["user_id"], player["access_token"]
-            tokens = [
-                mint(self.secrets, user_id, 1 + i % 50) for i in range(WARMUP + self.opts.count)
-            ]
-            if self.opts.via == "http":
-                headers = {"Authorization": f"Bearer {access}"}
+        opts = self.opts
+        per_player = -(-(WARMUP + opts.count) // opts.in_flight)
+        async with (
+            httpx.AsyncClient(base_url=self.address.http_url, timeout=30) as http,
+            contextlib.AsyncExitStack() as stack,
+        ):
+            loops: list[tuple[Callable[[str], Any], list[str]]] = []
+            for i in range(opts.in_flight):
+                body = {"device_id": f"bench-profile-{i:04d}"}
+                reply = await http.post("/v1/auth/device", json=body)
+                if reply.status_code != 200:
+                    raise BenchError(f"signing in: {reply.status_code} {reply.text[:200]}")
+                player = reply.json()
+                tokens = [
+                    mint(self.secrets, player["user_id"], 1 + k % 50) for k in range(per_player)
+                ]
+                loops.append((await self._submitter(http, stack, player), tokens))
+            if opts.watch:
+                spectator = await stack.enter_async_context(open_client(self.address.ws_url))
+                await spectator.subscribe("global", 10)
+            warm = -(-WARMUP // opts.in_flight)
+            await _side_by_side([(submit, tokens[:warm]) for submit, tokens in loops])
+            self.measured = sum(len(tokens[warm:]) for _, tokens in loops)
+            await self._in_node(start)
+            began = time.monotonic()
+            await _side_by_side([(submit, tokens[warm:]) for submit, tokens in loops])
+            self.wall_s = time.monotonic() - began
+            await self._in_node(stop)
 
-                async def submit(token: str) -> None:
-                    answer = await http.post(
-                        "/v1/scores/update", json={"action_token": token}, headers=headers
-                    )
-                    if answer.status_code != 200:
-                        raise BenchError(f"submitting: {answer.status_code} {answer.text[:200]}")
+    async def _submitter(
+        self, http: httpx.AsyncClient, stack: contextlib.AsyncExitStack, player: dict[str, Any]
+    ) -> Callable[[str], Any]:
+        """How one player submits a token: over its own WebSocket, or over HTTP."""
+        access = player["access_token"]
+        if self.opts.via == "http":
+            headers = {"Authorization": f"Bearer {access}"}
 
-                await self._measure(submit, tokens, start, stop)
-                return
-            async with (
-                open_client(self.address.ws_url, token=access) as ws,
-                open_client(self.address.ws_url) as spectator,
-            ):
-                if self.opts.watch:
-                    await spectator.subscribe("global", 10)
+            async def post(token: str) -> None:
+                answer = await http.post(
+                    "/v1/scores/update", json={"action_token": token}, headers=headers
+                )
+                if answer.status_code != 200:
+                    raise BenchError(f"submitting: {answer.status_code} {answer.text[:200]}")
 
-                async def submit(token: str) -> None:
-                    await ws.submit(token)
+            return post
+        ws = await stack.enter_async_context(open_client(self.address.ws_url, token=access))
 
-                await self._measure(submit, tokens, start, stop)
+        async def submit(token: str) -> None:
+            await ws.submit(token)
 
-    async def _measure(
-        self,
-        submit: Callable[[str], Any],
-        tokens: list[str],
-        start: Callable[[], None],
-        stop: Callable[[], None],
-    ) -> None:
-        for token in tokens[:WARMUP]:
-            await submit(token)
-        await self._in_node(start)
-        began = time.monotonic()
-        for token in tokens[WARMUP:]:
-            await submit(token)
-        self.wall_s = time.monotonic() - began
-        await self._in_node(stop)
+        return submit
 
     async def _in_node(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` in the node's thread, between its task steps; return once it ran."""
@@ -258,13 +278,14 @@ async def profile(opts: Options, root: Path) -> dict[str, Any]:
 
         async with trio.open_nursery() as nursery:
             address = await nursery.start(node.run)
-            client = Client(opts, node, address, secrets_)
+            client = Client(opts, address, secrets_)
             with trio.fail_after(TIMEOUT_S + opts.count * 0.5):
                 await trio.to_thread.run_sync(client.run, start, stop)
             node.stop_nowait()
-    n = opts.count
+    n = client.measured
     return {
         "count": n,
+        "in_flight": opts.in_flight,
         "via": opts.via,
         "watch": opts.watch,
         "wall_ms_per_submission": round(client.wall_s / n * 1000, 3),
@@ -281,10 +302,23 @@ async def profile(opts: Options, root: Path) -> dict[str, Any]:
     }
 
 
+async def _side_by_side(loops: list[tuple[Callable[[str], Any], list[str]]]) -> None:
+    """Each (submit, tokens): submit the tokens one after another; all loops at once."""
+
+    async def one(submit: Callable[[str], Any], tokens: list[str]) -> None:
+        for token in tokens:
+            await submit(token)
+
+    async with trio.open_nursery() as nursery:
+        for submit, tokens in loops:
+            nursery.start_soon(one, submit, tokens)
+
+
 def report_text(report: dict[str, Any]) -> str:
     lines = [
         f"profile   {report['count']} submissions over {report['via']}"
-        f"{' with a spectator' if report['watch'] else ''}, one at a time",
+        f"{' with a spectator' if report['watch'] else ''}, "
+        f"{report['in_flight']} player(s) side by side, each one at a time",
         f"per submission: node CPU {report['node_cpu_ms_per_submission']:.3f} ms, "
         f"wall {report['wall_ms_per_submission']:.3f} ms, "
         f"{report['scheduler_passes_per_submission']} scheduler passes",

@@ -30,14 +30,15 @@ def test_profile_tiny_run(tmp_path: Path, via: str) -> None:
         "--json",
         str(out),
     ]
-    if via == "ws":
-        argv.append("--watch")
+    # One at a time with a spectator over WebSocket; four players side by side over HTTP.
+    argv += ["--watch"] if via == "ws" else ["--in-flight", "4"]
     done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     report = f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
     assert done.returncode == 0, report
     assert f"20 submissions over {via}" in done.stdout, report
 
     figures = json.loads(out.read_text())
+    assert figures["count"] == 20 and figures["in_flight"] == (1 if via == "ws" else 4)
     node_ms = figures["node_cpu_ms_per_submission"]
     assert node_ms > 0
     tasks = figures["tasks"]

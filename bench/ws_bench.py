@@ -69,7 +69,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import httpx
 import trio
@@ -835,6 +835,21 @@ class Submission:
     new_score: int | None = None
 
 
+T = TypeVar("T")
+
+
+async def paced(
+    items: Sequence[T], begin: float, end: float, rate: float
+) -> AsyncIterator[tuple[int, T]]:
+    """(k, item k) at ``begin + k / rate`` (monotonic clock), until ``end``: open-loop pacing."""
+    for k, item in enumerate(items):
+        when = begin + k / rate
+        if when >= end:
+            return
+        await sleep_until(when)
+        yield k, item
+
+
 class HttpDriver:
     """Submits at ``rate`` per second over HTTP, paced (open loop), for the climbers.
 
@@ -880,12 +895,8 @@ class HttpDriver:
         deadline = end + DRAIN_S + REQUEST_TIMEOUT_S
         with trio.move_on_after(max(0.0, deadline - time.monotonic())):
             async with trio.open_nursery() as nursery:
-                for k, (user_id, request) in enumerate(self.requests):
-                    when = begin + k / self.rate
-                    if when >= end:
-                        break
-                    await sleep_until(when)
-                    submission = Submission(user_id, when)
+                async for k, (user_id, request) in paced(self.requests, begin, end, self.rate):
+                    submission = Submission(user_id, begin + k / self.rate)
                     self.submissions.append(submission)
                     nursery.start_soon(self._one, submission, request, pool_send, pool_receive)
         while True:
@@ -979,12 +990,10 @@ class WsDriver:
                     readers.start_soon(self._read, index, ws)
                 with trio.move_on_after(max(0.0, deadline - time.monotonic())):
                     async with trio.open_nursery() as senders:
-                        for k, (index, user_id, frame) in enumerate(self.requests):
-                            when = begin + k / self.rate
-                            if when >= end:
-                                break
-                            await sleep_until(when)
-                            submission = Submission(user_id, when)
+                        async for k, (index, user_id, frame) in paced(
+                            self.requests, begin, end, self.rate
+                        ):
+                            submission = Submission(user_id, begin + k / self.rate)
                             self.submissions.append(submission)
                             self._waiting[index][k] = submission
                             self._unanswered += 1

@@ -510,12 +510,17 @@ class WatchLoad:
         self.polled.clear()
         trio.lowlevel.notify_closing(self.poller.fileno())
         self.poller.close()
-        with trio.move_on_after(CLOSE_TIMEOUT_S):
-            async with trio.open_nursery() as nursery:
-                for ws in self.sockets:
-                    nursery.start_soon(ws.aclose)
-        for ws in self.sockets:
-            ws.abort()
+        await close_sockets(self.sockets)
+
+
+async def close_sockets(sockets: Sequence[ws_frames.ClientSocket]) -> None:
+    """Close every socket with 1000, all at once, within CLOSE_TIMEOUT_S; then drop them."""
+    with trio.move_on_after(CLOSE_TIMEOUT_S):
+        async with trio.open_nursery() as nursery:
+            for ws in sockets:
+                nursery.start_soon(ws.aclose)
+    for ws in sockets:
+        ws.abort()
 
 
 #: How setting a socket up can fail: refused, closed, timed out, or an unexpected answer.
@@ -1080,12 +1085,7 @@ class WsDriver:
 
     async def aclose(self) -> None:
         """Close every socket with 1000 (the readers have stopped); bounded."""
-        with trio.move_on_after(CLOSE_TIMEOUT_S):
-            async with trio.open_nursery() as nursery:
-                for ws in self.sockets:
-                    nursery.start_soon(ws.aclose)
-        for ws in self.sockets:
-            ws.abort()
+        await close_sockets(self.sockets)
 
 
 # ---------------------------------------------------------------- fanout

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).parents[2]
+from tests.bench.smoke import alive, run_module
+
 pytestmark = pytest.mark.slow
 
 RUN_KEYS = {
@@ -36,10 +33,8 @@ RUN_KEYS = {
 
 def test_http_bench_tiny_run(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PODIUM_")}
-    env["PYTHONPATH"] = str(ROOT)
-    argv = [
-        sys.executable, "-m", "bench.http_bench", "http",
+    args = [
+        "http",
         "--users", "20",
         "--seconds", "0.5",
         "--warmup", "0.2",
@@ -49,16 +44,11 @@ def test_http_bench_tiny_run(tmp_path: Path) -> None:
         "--token-rate", "2000",
         "--json", str(out),
     ]  # fmt: skip
-    began = time.monotonic()
-    done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=90)
-    elapsed = time.monotonic() - began
-    report = f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
-    assert done.returncode == 0, report
-    assert elapsed < 60, f"took {elapsed:.0f} s\n{report}"
+    report = run_module("bench.http_bench", *args, timeout_s=90, within_s=60)
 
     for phase in ("submit", "top", "around"):
-        assert re.search(rf"^{phase}\s+c=4\s+run 1/1\s+ok/s\s+[0-9.]+", done.stdout, re.M), report
-    assert "DURABLE" in done.stdout and "nproc" in done.stdout, report
+        assert re.search(rf"^{phase}\s+c=4\s+run 1/1\s+ok/s\s+[0-9.]+", report, re.M), report
+    assert "DURABLE" in report and "nproc" in report, report
 
     figures = json.loads(out.read_text())
     assert {"machine", "settings", "runs", "summary", "node_log"} <= figures.keys()
@@ -86,12 +76,4 @@ def test_http_bench_tiny_run(tmp_path: Path) -> None:
     # Nothing left behind: the node, the servers and the load processes are gone.
     pids = [*figures["pids"].values(), *(p for r in figures["runs"] for p in r["load_pids"])]
     assert len(pids) == 6
-    assert [pid for pid in pids if _alive(pid)] == [], report
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
+    assert [pid for pid in pids if alive(pid)] == [], report

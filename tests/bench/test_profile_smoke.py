@@ -3,39 +3,23 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).parents[2]
+from tests.bench.smoke import run_module
+
 pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize("via", ["ws", "http"])
 def test_profile_tiny_run(tmp_path: Path, via: str) -> None:
     out = tmp_path / "profile.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PODIUM_")}
-    env["PYTHONPATH"] = str(ROOT)
-    argv = [
-        sys.executable,
-        "-m",
-        "bench.profile",
-        "--count",
-        "20",
-        "--via",
-        via,
-        "--json",
-        str(out),
-    ]
     # One at a time with a spectator over WebSocket; four players side by side over HTTP.
-    argv += ["--watch"] if via == "ws" else ["--in-flight", "4"]
-    done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-    report = f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
-    assert done.returncode == 0, report
-    assert f"20 submissions over {via}" in done.stdout, report
+    mode = ["--watch"] if via == "ws" else ["--in-flight", "4"]
+    args = ["--count", "20", "--via", via, "--json", str(out), *mode]
+    report = run_module("bench.profile", *args, timeout_s=120)
+    assert f"20 submissions over {via}" in report, report
 
     figures = json.loads(out.read_text())
     assert figures["count"] == 20 and figures["in_flight"] == (1 if via == "ws" else 4)

@@ -10,11 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-import subprocess
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,8 +19,7 @@ from bench import simulate
 from bench.simulate import Flags, Record
 from protocol import action_token
 from protocol.errors import BadRequest
-
-ROOT = Path(__file__).parents[2]
+from tests.bench.smoke import alive, run_module
 
 FORGED_CODES = {
     "tampered": "400 action_token_bad_signature",
@@ -231,14 +226,6 @@ def test_report_arithmetic_and_flags() -> None:
 # ---------------------------------------------------------------- a tiny run, with a node
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 def _adds_up(name: str, row: dict[str, Any]) -> None:
     parts = row["blocked"] + row["allowed"] + row["limited"] + row["errors"]
     assert parts == row["submitted"], (name, row)
@@ -249,22 +236,14 @@ def _adds_up(name: str, row: dict[str, Any]) -> None:
 
 @pytest.mark.slow
 def test_simulate_tiny_run() -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PODIUM_")}
-    env["PYTHONPATH"] = str(ROOT)
-    argv = [
-        sys.executable, "-m", "bench.simulate",
+    args = [
         "--seconds", "8", "--seed", "3", "--settle", "0.5",
         "--honest", "4", "--replay", "3", "--forged", "5", "--inflated", "1",
         "--bot", "1", "--farms", "2", "--farm-accounts", "3", "--jumper", "1",
         "--json",
     ]  # fmt: skip
-    began = time.monotonic()
-    done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-    elapsed = time.monotonic() - began
-    log = f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
-    assert done.returncode == 0, log
-    assert elapsed < 60, f"took {elapsed:.0f} s\n{log}"
-    report = json.loads(done.stdout)  # --json: the report alone on stdout
+    log = run_module("bench.simulate", *args, timeout_s=120, within_s=60)
+    report = json.loads(log)  # --json: the report alone on stdout
 
     assert report["settings"]["seed"] == 3 and report["settings"]["mode"] == "private"
     rows = report["classes"]
@@ -311,4 +290,4 @@ def test_simulate_tiny_run() -> None:
         assert f"\n{name} " in table, table
 
     assert report["node_exit_code"] == 0, log
-    assert [pid for pid in report["pids"].values() if _alive(pid)] == [], log
+    assert [pid for pid in report["pids"].values() if alive(pid)] == [], log

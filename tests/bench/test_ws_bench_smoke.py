@@ -3,38 +3,27 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).parents[2]
+from tests.bench.smoke import alive, run_module
+
 pytestmark = pytest.mark.slow
 
 
 def run_bench(tmp_path: Path, name: str, *args: str) -> tuple[dict[str, Any], str]:
     out = tmp_path / f"{name}.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PODIUM_")}
-    env["PYTHONPATH"] = str(ROOT)
-    argv = [sys.executable, "-m", "bench.ws_bench", *args, "--json", str(out)]
-    began = time.monotonic()
-    done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=90)
-    elapsed = time.monotonic() - began
-    report = f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
-    assert done.returncode == 0, report
-    assert elapsed < 30, f"took {elapsed:.0f} s\n{report}"
-    assert "DURABLE" in done.stdout and "nproc" in done.stdout, report
+    report = run_module("bench.ws_bench", *args, "--json", str(out), timeout_s=90, within_s=30)
+    assert "DURABLE" in report and "nproc" in report, report
     figures: dict[str, Any] = json.loads(out.read_text())
     assert {"machine", "settings", "runs", "summary", "node_log", "pids"} <= figures.keys()
     assert figures["node_exit_code"] == 0, report
     # Nothing left behind: the node, the servers and the load processes are gone.
     pids = [*figures["pids"].values(), *(p for r in figures["runs"] for p in r["load_pids"])]
-    assert [pid for pid in pids if _alive(pid)] == [], report
+    assert [pid for pid in pids if alive(pid)] == [], report
     return figures, report
 
 
@@ -109,11 +98,3 @@ def test_ws_submit_tiny_run(tmp_path: Path) -> None:
     assert 0 < latency["p50"] <= latency["p99"] <= latency["max"], report
     assert run["cpu_s"]["node"] > 0 and run["per_node_cpu_s"] is not None
     assert figures["summary"]["accepted_per_s"] == run["accepted_per_s"]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"

@@ -1,11 +1,14 @@
 """The ledger actor: commits accepted submissions to PostgreSQL in batches.
 
-Submissions queue in a bounded inbox. A committer takes the first, lingers
-``linger_s`` for more (up to ``batch_max``), and commits them all in **one**
-transaction (:meth:`server.stores.pg_store.PostgresStore.apply_scores`).
-:data:`COMMITTERS` committers take turns on the inbox, so one batch gathers
-while another commits; row locks taken in (leaderboard, user) order keep
-their transactions from deadlocking.
+Submissions queue in a bounded inbox. A committer takes the first and
+whatever else is waiting (up to ``batch_max``) and commits them all in
+**one** transaction (:meth:`server.stores.pg_store.PostgresStore.apply_scores`):
+group commit. :data:`COMMITTERS` committers take turns on the inbox. When no
+other batch is being committed, a submission goes to PostgreSQL at once —
+waiting could only add latency, as nothing else is coming sooner. While one
+is, the next committer lingers up to ``linger_s`` for more, so under load
+one batch gathers while another commits. Row locks taken in (leaderboard,
+user) order keep their transactions from deadlocking.
 Only after the commit does anything answer: each committed submission is
 handed, with its requester's reply channel, to the ranking actor — which
 applies it to Redis and answers with the rank — and every other outcome is
@@ -70,6 +73,7 @@ class LedgerActor:
         self._receive: trio.MemoryReceiveChannel[_Pending] = inbox
         self._batches = 0
         self._committed = 0
+        self._committing = 0  # batches on their way to PostgreSQL now
 
     @staticmethod
     def open_inbox(queue_size: int) -> tuple[LedgerClient, trio.MemoryReceiveChannel[Any]]:
@@ -93,16 +97,22 @@ class LedgerActor:
     async def _committer(self) -> None:
         while True:
             batch = [await self._receive.receive()]
-            with trio.move_on_after(self._linger_s):
-                while len(batch) < self._batch_max:
-                    batch.append(await self._receive.receive())
+            if self._committing:
+                # PostgreSQL is busy with another batch: gather behind it.
+                with trio.move_on_after(self._linger_s):
+                    while len(batch) < self._batch_max:
+                        batch.append(await self._receive.receive())
             # Whatever else is already waiting rides along for free.
             while len(batch) < self._batch_max:
                 try:
                     batch.append(self._receive.receive_nowait())
                 except trio.WouldBlock:
                     break
-            await self._commit(batch)
+            self._committing += 1
+            try:
+                await self._commit(batch)
+            finally:
+                self._committing -= 1
 
     async def _commit(self, batch: list[_Pending]) -> None:
         try:

@@ -615,7 +615,8 @@ class Settings:
         metadata=_setting(
             env="PODIUM_LEDGER_LINGER_S",
             parse=_number(0, 1),
-            doc="Longest wait for more submissions before committing a batch",
+            doc="Longest wait for more submissions before committing a batch while another "
+            "batch is being committed (an idle ledger commits at once)",
         ),
     )
     ledger_queue_size: int = field(

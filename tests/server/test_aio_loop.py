@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 
 import pytest
 import trio
@@ -22,15 +23,34 @@ class Passes(trio.abc.Instrument):
         self.count += 1
 
 
+class IoTaskSteps(trio.abc.Instrument):
+    """Counts the steps of the Trio tasks watching asyncio's file descriptors."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task.name.endswith("._io_task"):
+            self.count += 1
+
+
 def test_the_private_parts_it_relies_on_are_there() -> None:
-    # aio_loop replaces BaseTrioEventLoop._main_loop_one and reads the loop's
-    # _q_recv and _timers; a trio-asyncio that renames them must fail here.
+    # aio_loop replaces BaseTrioEventLoop._main_loop_one and _io_task and reads
+    # the loop's _q_recv and _timers; a trio-asyncio that renames or reshapes
+    # them must fail here.
     assert callable(BaseTrioEventLoop._main_loop_one)
+    assert list(inspect.signature(aio_loop._original_io_task).parameters) == [
+        "self",
+        "fd",
+        "handle",
+        "wait_ready",
+    ]
 
     async def main() -> None:
         async with aio_loop.open_loop() as loop:
             assert hasattr(loop, "_q_recv") and hasattr(loop, "_timers")
             assert BaseTrioEventLoop._main_loop_one is aio_loop._main_loop_one
+            assert BaseTrioEventLoop._io_task is aio_loop._io_task
 
     trio.run(main)
 
@@ -106,3 +126,39 @@ async def test_callbacks_queued_during_a_pass_run_in_order(count: int) -> None:
         loop.call_soon(first)
         await done.wait()
         assert ran == [-1, *range(count)]
+
+
+async def test_a_socket_read_costs_its_watcher_one_step() -> None:
+    # An asyncio echo server and client, one round trip at a time: each read
+    # is one step of the Trio task watching that socket (trio-asyncio's own
+    # takes two, waiting for a synchronize() round trip after every read).
+    rounds = 50
+
+    async def aio_echo() -> list[bytes]:
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while line := await reader.readline():
+                writer.write(line)
+            writer.close()
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        got = []
+        for i in range(rounds):
+            writer.write(b"%d\n" % i)
+            got.append(await reader.readline())
+        writer.close()
+        server.close()
+        return got
+
+    async with aio_loop.open_loop():
+        steps = IoTaskSteps()
+        trio.lowlevel.add_instrument(steps)
+        try:
+            got = await trio_asyncio.aio_as_trio(aio_echo)()
+        finally:
+            trio.lowlevel.remove_instrument(steps)
+    assert got == [b"%d\n" % i for i in range(rounds)]
+    # Two reads per round (the server's and the client's), plus a few for
+    # connecting and closing.
+    assert 2 * rounds <= steps.count <= 2 * rounds + 10

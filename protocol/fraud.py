@@ -326,17 +326,22 @@ class Assessment:
     ``risk = 1 - prod(1 - weights[f] * factors[f])`` and the decision can be
     checked from the assessment alone. ``reasons`` has one sentence per factor
     with a score above 0, in :data:`FACTORS` order; ``measures`` has the
-    numbers each factor was computed from.
+    numbers each factor was computed from. The sentences are written when
+    first asked for: most submissions are allowed, and nobody reads theirs.
     """
 
     risk: float
     factors: Mapping[str, float]
     decision: Decision
-    reasons: tuple[str, ...]
     weights: Mapping[str, float]
     flag_threshold: float
     block_threshold: float
     measures: Mapping[str, Mapping[str, float]]
+    _reasons: _Reasons = dataclasses.field(repr=False, compare=False)
+
+    @property
+    def reasons(self) -> tuple[str, ...]:
+        return self._reasons.written()
 
     def as_json(self) -> dict[str, Any]:
         """The assessment as JSON-ready data: the fraud log row.
@@ -402,26 +407,53 @@ def assess(signals: Signals, params: FraudParams) -> Assessment:
     )
     factors: dict[str, float] = {}
     measures: dict[str, Mapping[str, float]] = {}
-    reasons: list[str] = []
+    counted: list[tuple[Sequence[float], _Explainer, _Measures]] = []
     for name, explain, (parts, values) in zip(FACTORS, _EXPLAINERS, scored, strict=True):
         # Rounded here, not only in the log row, so the row recomputes the
         # risk and the decision exactly (see combine()).
         factors[name] = score = _round_score(max(parts))
         measures[name] = MappingProxyType(values)
-        if score > 0:  # written only for the factors that count: most have none
-            reasons.append(_reason(parts, explain(signals, params, values)))
+        if score > 0:  # explained only for the factors that count: most have none
+            counted.append((parts, explain, values))
     weights = _weights(params)
     risk = combine(factors, weights)
     return Assessment(
         risk=risk,
         factors=MappingProxyType(factors),
         decision=decide(risk, params.flag_threshold, params.block_threshold),
-        reasons=tuple(reasons),
         weights=MappingProxyType(weights),
         flag_threshold=params.flag_threshold,
         block_threshold=params.block_threshold,
         measures=MappingProxyType(measures),
+        _reasons=_Reasons(signals, params, counted),
     )
+
+
+class _Reasons:
+    """An assessment's sentences, written on first use (see :attr:`Assessment.reasons`)."""
+
+    __slots__ = ("_counted", "_params", "_signals", "_written")
+
+    def __init__(
+        self,
+        signals: Signals,
+        params: FraudParams,
+        counted: list[tuple[Sequence[float], _Explainer, _Measures]],
+    ) -> None:
+        self._signals = signals
+        self._params = params
+        self._counted = counted
+        self._written: tuple[str, ...] | None = None
+
+    def written(self) -> tuple[str, ...]:
+        if self._written is None:
+            signals, params = self._signals, self._params
+            self._written = tuple(
+                _reason(parts, explain(signals, params, values))
+                for parts, explain, values in self._counted
+            )
+            self._counted = []
+        return self._written
 
 
 def combine(factors: Mapping[str, float], weights: Mapping[str, float]) -> float:
@@ -716,7 +748,9 @@ def _explain_velocity(signals: Signals, params: FraudParams, measures: _Measures
     ]
 
 
-_EXPLAINERS: Final[tuple[Callable[[Signals, FraudParams, _Measures], list[str]], ...]] = (
+_Explainer = Callable[[Signals, FraudParams, _Measures], list[str]]
+
+_EXPLAINERS: Final[tuple[_Explainer, ...]] = (
     _explain_frequency,
     _explain_increment,
     _explain_timing,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import hashlib
 import ipaddress
 import json
@@ -919,7 +920,10 @@ def device_id_suffix(device_id: str) -> str:
     return hashlib.sha256(device_id.encode()).hexdigest()[:10]
 
 
+@functools.lru_cache(maxsize=4096)
 def _inet(ip: str | None) -> Any:
+    """``ip`` for an ``inet`` column (None if it is not an address). Cached: a
+    batch's players mostly come from addresses seen moments ago."""
     if ip is None:
         return None
     try:

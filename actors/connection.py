@@ -19,8 +19,11 @@ what is already queued (say, the error explaining it) go out before the
 close frame, unless the peer is the problem (too slow, no pong); nothing is
 queued once a close has begun.
 
-The actor pings the peer every ``heartbeat_s`` and drops it when a pong has
-not come within two heartbeats. Inbound messages are rate limited (a token
+Heartbeats: every ``heartbeat_s`` the listener calls :meth:`ConnectionActor.heartbeat`
+(one task for all the node's sockets, not one per socket), which queues a
+ping frame like any other frame, and drops the peer (1001, cut after half a
+second) once it has sent nothing — no pong, no message — through two pings
+in a row. Inbound messages are rate limited (a token
 bucket): over the limit a message gets ``rate_limited``, and a client that
 keeps flooding is closed with 4008.
 
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -79,6 +83,8 @@ log = logging.getLogger(__name__)
 MAX_IN_FLIGHT = 16
 #: Rate-limited messages in a row after which the client is closed as flooding.
 FLOOD_LIMIT = 50
+#: A server's ping with no payload (unmasked, as a server's frames are).
+PING_FRAME = bytes((0x80 | 0x9, 0))
 _CLOSE_TIMEOUT_S = 5.0
 _DEAD_PEER_CLOSE_S = 0.5
 
@@ -94,14 +100,15 @@ class MessageSocket(Protocol):
 
     async def aclose(self, code: int = 1000, reason: str | None = None) -> None: ...
 
-    async def ping(self, payload: bytes | None = None) -> None: ...
-
 
 class FrameWriter(Protocol):
     """The byte stream under a :class:`MessageSocket`, taking whole frames without waiting.
 
     :class:`server.ws_transport.WsTransport` is the one the listener gives.
     """
+
+    #: ``trio.current_time()`` when the peer last sent anything.
+    last_received: float
 
     def write_nowait(self, frame: bytes) -> bool: ...
 
@@ -185,6 +192,9 @@ class ConnectionActor:
         self._claims: AccessClaims | None = None
         self._in_flight = 0
         self._flooding = 0
+        self._heartbeat_due = trio.current_time() + settings.ws_heartbeat_s
+        self._pinged_at = -math.inf
+        self._missed = 0
         self._nursery: trio.Nursery | None = None
         self.closing: CloseCode | None = None
 
@@ -232,15 +242,23 @@ class ConnectionActor:
         if not self._frames.write_nowait(frame_text(encode(message))):
             self._too_slow()
 
-    async def _heartbeat(self) -> None:
-        interval = self._context.settings.ws_heartbeat_s
-        while True:
-            await trio.sleep(interval)
-            with trio.move_on_after(2 * interval) as missed, _ends_on_close(self):
-                await self._socket.ping()
-            if missed.cancelled_caught:
+    def heartbeat(self, now: float) -> None:
+        """Ping the peer if a heartbeat is due at ``now`` (``trio.current_time()``);
+        drop it if it has sent nothing since the last two pings. Never waits."""
+        if now < self._heartbeat_due or self.closing is not None:
+            return
+        self._heartbeat_due = now + self._context.settings.ws_heartbeat_s
+        if self._frames.last_received < self._pinged_at:
+            self._missed += 1
+            if self._missed >= 2:
                 log.info("websocket peer missed two heartbeats", extra={"remote": self._remote})
                 self.close_nowait(CloseCode.GOING_AWAY, "no pong within two heartbeats")
+                return
+        else:
+            self._missed = 0
+        self._pinged_at = now
+        if not self._frames.write_nowait(PING_FRAME):
+            self._too_slow()
 
     # ---- the session
 
@@ -250,7 +268,6 @@ class ConnectionActor:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._frames.run_flusher)
-                nursery.start_soon(self._heartbeat)
                 self._send(
                     Welcome(node_id=self._context.node_id, heartbeat_s=settings.ws_heartbeat_s)
                 )

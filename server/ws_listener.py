@@ -13,6 +13,11 @@ before trio-websocket sees it (through its public ``wrap_server_stream``), and
 the connection actor gets both: the WebSocket for messages in, pings and
 closing, and the transport for the frames it sends without waiting.
 
+One task, for all sockets, pings each once per ``ws_heartbeat_s`` (looking
+:data:`_HEARTBEAT_SLICES` times a period for those due, so each is pinged
+about a period after the last), and drops peers silent through two pings
+(:meth:`actors.connection.ConnectionActor.heartbeat`).
+
 *Error handling*: a connection actor that fails closes only its own socket,
 with 1011, and is logged and counted; the listener and every other socket
 carry on.
@@ -45,6 +50,8 @@ WS_PATH = "/v1/ws"
 _CLOSE_TIMEOUT_S = 2.0
 #: For the client's opening handshake (trio-websocket's own default).
 _HANDSHAKE_TIMEOUT_S = 60.0
+#: Heartbeat rounds per ``ws_heartbeat_s``: each pings the sockets that are due.
+_HEARTBEAT_SLICES = 8
 
 
 class WsListener:
@@ -83,6 +90,7 @@ class WsListener:
         listeners = await trio.open_tcp_listeners(settings.ws_port, host=settings.bind_host)
         port: int = listeners[0].socket.getsockname()[1]
         async with trio.open_nursery() as handlers:
+            handlers.start_soon(self._heartbeats)
             with trio.CancelScope() as accept_scope:
                 async with trio.open_nursery() as accept:
                     await accept.start(
@@ -101,6 +109,16 @@ class WsListener:
                 await self._all_closed.wait()
             # What is left are handshakes and refused peers: nothing to finish.
             handlers.cancel_scope.cancel()
+
+    async def _heartbeats(self) -> None:
+        # Each actor keeps its own due time, a heartbeat after it opened: the
+        # sockets of a burst of connections are pinged in the same round.
+        period = self._settings.ws_heartbeat_s / _HEARTBEAT_SLICES
+        while True:
+            await trio.sleep(period)
+            now = trio.current_time()
+            for actor in self._actors:  # heartbeat() never adds or removes actors
+                actor.heartbeat(now)
 
     async def _close(self, connection: WebSocketConnection, code: int, reason: str) -> None:
         with trio.move_on_after(_CLOSE_TIMEOUT_S):

@@ -16,6 +16,11 @@ never interleaved with another. Once a close frame has gone in that way,
 :meth:`~WsTransport.write_nowait` drops data frames, since nothing may follow
 a close frame.
 
+The transport also notes when the peer last sent anything
+(:attr:`WsTransport.last_received`): the listener's heartbeats
+(:class:`server.ws_listener.WsListener`) drop a peer that has been silent
+through two pings.
+
 *Resource handling*: the queue is bounded, in frames (``max_frames``, the
 setting ``ws_outbox_size``): :meth:`~WsTransport.write_nowait` returns False
 when it is full, and the caller closes the socket as too slow. trio-websocket's
@@ -89,6 +94,8 @@ class WsTransport(trio.abc.HalfCloseableStream):
         self._eof = False
         self._closed = False
         self._broken = False
+        #: trio.current_time() when the peer last sent bytes (or the transport was made).
+        self.last_received = trio.current_time()
 
     def statistics(self) -> WsTransportStatistics:
         return WsTransportStatistics(
@@ -196,7 +203,10 @@ class WsTransport(trio.abc.HalfCloseableStream):
         await self.transport_stream.send_eof()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        return await self.transport_stream.receive_some(max_bytes)
+        data = await self.transport_stream.receive_some(max_bytes)
+        if data:
+            self.last_received = trio.current_time()
+        return data
 
     async def aclose(self) -> None:
         """Close the socket; what is still queued is dropped, waiting writers get

@@ -416,11 +416,15 @@ async def test_a_peer_that_stops_answering_pings_is_dropped(settings: Settings) 
         handshake = await stream.receive_some(4096)
         assert handshake.startswith(b"HTTP/1.1 101")
         began = trio.current_time()
+        received = b""
         with trio.fail_after(10):
             # Drain what the server sends (welcome, pings) without answering,
             # until it hangs up.
-            while await stream.receive_some(4096):
-                pass
+            while chunk := await stream.receive_some(4096):
+                received += chunk
         elapsed = trio.current_time() - began
         assert 2.0 <= elapsed < 8.0, elapsed
+        # Two pings went unanswered (an empty ping frame: 0x89 0x00), then a close frame.
+        assert received.count(b"\x89\x00") == 2, received
+        assert received.rindex(b"\x88") > received.rindex(b"\x89\x00")
         await stream.aclose()

@@ -4,7 +4,8 @@ It speaks the protocol of :mod:`protocol.messages` with the state table of
 :mod:`protocol.session`: greets with ``welcome``; authenticates by the first
 ``auth`` message; subscribes and unsubscribes through the fan-out actor;
 submits scores through the very same :class:`server.score_path.ScorePath` as
-HTTP, answering each with ``ack`` or ``error`` carrying the client's id;
+HTTP, answering each with ``ack`` or ``error`` carrying the client's id —
+from the score path's call back, with no task per submission;
 answers ``ping`` with ``pong``.
 
 Everything the server sends goes through one bounded **outbox**, the
@@ -40,6 +41,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
@@ -75,6 +77,7 @@ from protocol.session import Session
 if TYPE_CHECKING:
     from config import Settings
     from server.auth import AuthService
+    from server.score_path import Ack as ScoreAck
     from server.score_path import ScorePath
 
 log = logging.getLogger(__name__)
@@ -354,37 +357,40 @@ class ConnectionActor:
                 code="too_many_in_flight",
                 id=message.id,
             )
-        assert self._nursery is not None
+        assert self._token is not None
+        done = partial(self._submitted, message.id)
         self._in_flight += 1
-        self._nursery.start_soon(self._submit, message)
-
-    async def _submit(self, message: Submit) -> None:
         try:
-            assert self._token is not None
             # Re-checked per submission: the token may have expired or been revoked.
             claims = self._context.auth.verify(self._token)
-            ack = await self._context.score_path.submit(
+            # No task waits for it: the actor that finishes it calls done().
+            self._context.score_path.start(
                 claims,
                 message.action_token,
                 ip=self._remote,
                 user_agent=self._user_agent,
                 device=self._device,
+                done=done,
             )
         except PodiumError as exc:
-            self._context.count_submission(exc.code)
-            self._send(Error(code=exc.code, message=exc.message, id=message.id))
-            if exc.code in ("session_revoked", "token_expired"):
-                self.close_nowait(CloseCode.UNAUTHORIZED, exc.message)
-        else:
-            self._context.count_submission("ok")
-            self._send(
-                Ack(
-                    id=message.id,
-                    leaderboard=ack.leaderboard,
-                    old_score=ack.old_score,
-                    new_score=ack.new_score,
-                    rank=ack.rank,
-                )
+            done(exc)
+
+    def _submitted(self, message_id: MessageId, result: ScoreAck | PodiumError) -> None:
+        """A submission's outcome, from whichever task finished it: ack or error."""
+        self._in_flight -= 1
+        if isinstance(result, PodiumError):
+            self._context.count_submission(result.code)
+            self._send(Error(code=result.code, message=result.message, id=message_id))
+            if result.code in ("session_revoked", "token_expired"):
+                self.close_nowait(CloseCode.UNAUTHORIZED, result.message)
+            return
+        self._context.count_submission("ok")
+        self._send(
+            Ack(
+                id=message_id,
+                leaderboard=result.leaderboard,
+                old_score=result.old_score,
+                new_score=result.new_score,
+                rank=result.rank,
             )
-        finally:
-            self._in_flight -= 1
+        )

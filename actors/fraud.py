@@ -1,7 +1,8 @@
 """The fraud actor: admits or refuses each submission before it is committed.
 
-For every submission the score path asks :meth:`FraudClient.admit`. The actor
-takes whatever admissions are waiting and answers them all from **one** call
+Every submission the score path takes goes here first
+(:meth:`FraudClient.submit_nowait`). The actor takes whatever admissions are
+waiting and decides them all from **one** call
 of ``lua/admit.lua`` (in the ranking actor's pipeline, the node's only way to
 Redis), which for each submission, atomically,
 
@@ -13,6 +14,10 @@ Redis), which for each submission, atomically,
    scores it with the pure model of :mod:`protocol.fraud`: **allow**, **flag**
    (allowed, logged) or **block** (403 ``fraud_blocked``; the nonce stays
    spent, nothing reaches the ledger or the ranking).
+
+Admitted submissions go straight on to the ledger actor, which answers them
+(and hands them on to the ranking actor); the refused are answered here. So
+a submission passes through the actors with nobody waiting between stages.
 
 Flags and blocks are written to FRAUD_LOGS in batches with the factor
 breakdown, update the player's rolling risk profile in Redis, and — for
@@ -41,9 +46,12 @@ import outcome
 import trio
 
 from actors import ranking
-from actors.ranking import RankingClient, Reply, answer
+from actors.ledger import LedgerClient
+from actors.ranking import RankingClient
+from actors.reply import Reply, answer
 from protocol import fraud
 from protocol.errors import RateLimited, Unavailable
+from protocol.leaderboards import Submission
 from server.stores.redis_store import Command, CommandError, Script
 
 if TYPE_CHECKING:
@@ -147,6 +155,7 @@ class _Counters:
 @dataclass(slots=True)
 class _Pending:
     admission: Admission
+    submission: Submission
     reply: Reply
 
 
@@ -241,6 +250,7 @@ class FraudActor:
         *,
         policy: FraudPolicy,
         ranking: RankingClient,
+        ledger: LedgerClient,
         postgres: PostgresStore,
         key_prefix: str,
         inbox: trio.MemoryReceiveChannel[Any],
@@ -252,6 +262,7 @@ class FraudActor:
     ) -> None:
         self._policy = policy
         self._ranking = ranking
+        self._ledger = ledger
         self._postgres = postgres
         self._keys = Keys(key_prefix)
         self._receive: trio.MemoryReceiveChannel[_Pending] = inbox
@@ -368,10 +379,20 @@ class FraudActor:
             for pending in batch:
                 self._counters.unscored += 1
                 self._counters.admitted += 1
-                answer(pending.reply, outcome.Value(Verdict("admitted")))
+                self._decided(pending, Verdict("admitted"))
             return
         for pending, result in zip(batch, results, strict=True):
-            answer(pending.reply, outcome.Value(self._judge(pending.admission, result, now)))
+            self._decided(pending, self._judge(pending.admission, result, now))
+
+    def _decided(self, pending: _Pending, verdict: Verdict) -> None:
+        """Hand an admitted submission to the ledger, which answers it; answer the rest."""
+        if verdict.decision != "admitted":
+            answer(pending.reply, outcome.Value(verdict))
+            return
+        try:
+            self._ledger.submit_nowait(pending.submission, pending.reply)
+        except Unavailable as exc:
+            answer(pending.reply, outcome.Error(exc))
 
     def _judge(self, admission: Admission, result: list[Any], now: float) -> Verdict:
         counters = self._counters
@@ -573,24 +594,25 @@ class FraudActor:
 
 @dataclass(slots=True)
 class FraudClient:
-    """How the score path asks the fraud actor."""
+    """How the score path hands submissions to the fraud actor."""
 
     _inbox: trio.MemorySendChannel[_Pending]
 
-    async def admit(self, admission: Admission) -> Verdict:
-        """Claim the nonce, spend the rate limits, score the risk; the :class:`Verdict`.
+    def submit_nowait(self, admission: Admission, submission: Submission, reply: Reply) -> None:
+        """Admit ``admission`` — claim its nonce, spend the rate limits, score the risk —
+        and if admitted hand ``submission`` to the ledger.
 
-        Raises :class:`Unavailable` if the actor's queue is full.
+        ``reply`` gets the refusing :class:`Verdict` (nonce used, rate limited,
+        blocked), or the ledger's answer (see
+        :meth:`actors.ledger.LedgerClient.submit_nowait`). Raises
+        :class:`Unavailable` at once if the actor's queue is full.
         """
-        send, receive = trio.open_memory_channel[outcome.Outcome[Any]](1)
         try:
-            self._inbox.send_nowait(_Pending(admission, send))
+            self._inbox.send_nowait(_Pending(admission, submission, reply))
         except trio.WouldBlock:
             raise Unavailable(
                 "too many score submissions are waiting; retry shortly", code="overloaded"
             ) from None
-        verdict: Verdict = (await receive.receive()).unwrap()
-        return verdict
 
 
 def policy_from_settings(settings: Any) -> FraudPolicy:

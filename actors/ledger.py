@@ -10,7 +10,7 @@ is, the next committer lingers up to ``linger_s`` for more, so under load
 one batch gathers while another commits. Row locks taken in (leaderboard,
 user) order keep their transactions from deadlocking.
 Only after the commit does anything answer: each committed submission is
-handed, with its requester's reply channel, to the ranking actor — which
+handed, with its requester's reply, to the ranking actor — which
 applies it to Redis and answers with the rank — and every other outcome is
 answered here at once. The hand-over happens in this actor, not in the
 request, so a client that disconnects cannot leave a committed score out of
@@ -30,9 +30,10 @@ from typing import Any
 import outcome
 import trio
 
-from actors.ranking import RankingClient, Reply, answer
+from actors.ranking import RankingClient
+from actors.reply import Reply, answer
 from protocol.errors import Unavailable
-from protocol.leaderboards import LedgerResult, Submission
+from protocol.leaderboards import Submission
 from server.stores.pg_store import PostgresStore
 
 log = logging.getLogger(__name__)
@@ -143,21 +144,20 @@ class LedgerActor:
 
 @dataclass(slots=True)
 class LedgerClient:
-    """How the score path hands submissions to the ledger."""
+    """How submissions reach the ledger (the fraud actor hands over those it admits)."""
 
     _inbox: trio.MemorySendChannel[_Pending]
 
-    async def submit(self, submission: Submission) -> tuple[LedgerResult, int | None]:
-        """Commit ``submission``; (its result, the user's rank after it, if known).
+    def submit_nowait(self, submission: Submission, reply: Reply) -> None:
+        """Queue ``submission`` for commit. ``reply`` gets (its
+        :class:`protocol.leaderboards.LedgerResult`, the user's rank after it if
+        known), or :class:`Unavailable` if PostgreSQL cannot commit.
 
-        Raises :class:`Unavailable` if the queue is full or PostgreSQL cannot commit.
+        Raises :class:`Unavailable` at once if the queue is full.
         """
-        send, receive = trio.open_memory_channel[outcome.Outcome[Any]](1)
         try:
-            self._inbox.send_nowait(_Pending(submission, send))
+            self._inbox.send_nowait(_Pending(submission, reply))
         except trio.WouldBlock:
             raise Unavailable(
                 "too many score submissions are waiting; retry shortly", code="overloaded"
             ) from None
-        answer: tuple[LedgerResult, int | None] = (await receive.receive()).unwrap()
-        return answer

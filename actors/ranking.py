@@ -34,6 +34,7 @@ from typing import Any, Final, Literal, NamedTuple
 import outcome
 import trio
 
+from actors.reply import OneShot, Reply, answer
 from protocol.errors import Unavailable
 from protocol.leaderboards import Board, Entry, LedgerResult, RecordState
 from server.stores.pg_store import PostgresStore
@@ -74,9 +75,6 @@ class Keys:
 
     def nonce(self, nonce: str) -> str:
         return f"{self.prefix}:nonce:{nonce}"
-
-
-Reply = trio.MemorySendChannel[outcome.Outcome[Any]]
 
 
 @dataclass(slots=True)
@@ -147,14 +145,6 @@ class RankingStatistics:
 class _Counters:
     rebuilds: int = 0
     batches: int = 0
-
-
-def answer(reply: Reply | None, value: outcome.Outcome[Any]) -> None:
-    """Send ``value`` to a requester, unless it has stopped waiting."""
-    if reply is None:
-        return
-    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, trio.WouldBlock):
-        reply.send_nowait(value)
 
 
 class RankingActor:
@@ -595,10 +585,10 @@ class RankingClient:
             raise Unavailable("the ranking queue is full", code="overloaded") from None
 
     async def _ask(self, make: Callable[[Reply], _Request], timeout_s: float | None = None) -> Any:
-        send, receive = trio.open_memory_channel[outcome.Outcome[Any]](1)
-        self._put(make(send))
+        reply = OneShot()
+        self._put(make(reply))
         with trio.move_on_after(timeout_s or self._timeout_s):
-            return (await receive.receive()).unwrap()
+            return await reply.wait()
         raise Unavailable("the ranking actor did not answer in time", code="ranking_timeout")
 
     async def apply(

@@ -262,6 +262,7 @@ class Node:
             fraud = FraudActor(
                 policy=policy_from_settings(settings),
                 ranking=ranking_client,
+                ledger=ledger_client,
                 postgres=postgres,
                 key_prefix=settings.redis_key_prefix,
                 inbox=fraud_inbox,
@@ -300,11 +301,7 @@ class Node:
                     catalog=catalog,
                 ),
                 score_path=ScorePath(
-                    settings,
-                    catalog=catalog,
-                    ledger=ledger_client,
-                    ranking=ranking_client,
-                    fraud=fraud_client,
+                    settings, catalog=catalog, ranking=ranking_client, fraud=fraud_client
                 ),
                 limiter=RateLimiter(
                     ranking_client,
@@ -344,6 +341,8 @@ class Node:
                     ChildSpec("ranking", lambda: ranking, restart),
                     ChildSpec("fraud", lambda: fraud, restart),
                     ChildSpec("ledger", lambda: ledger, restart),
+                    # Times out submissions the actors above have not finished.
+                    ChildSpec("score-path", lambda: services.score_path, restart),
                     ChildSpec("fanout", lambda: fanout, restart),
                     ChildSpec("http", lambda: HttpServer(asgi, settings), restart),
                     # Without the listener the node is deaf to its clients:

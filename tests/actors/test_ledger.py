@@ -16,6 +16,7 @@ import trio
 from trio.testing import MockClock, wait_all_tasks_blocked
 
 from actors.ledger import LedgerActor, LedgerClient
+from actors.reply import OneShot
 from protocol.leaderboards import LedgerResult, Submission
 
 LINGER_S = 0.005
@@ -69,7 +70,9 @@ async def submit_all(
     nursery: trio.Nursery, client: LedgerClient, nonces: list[str], answers: dict[str, Any]
 ) -> None:
     async def one(nonce: str) -> None:
-        answers[nonce] = await client.submit(submission(nonce))
+        reply = OneShot()
+        client.submit_nowait(submission(nonce), reply)
+        answers[nonce] = await reply.wait()
 
     for nonce in nonces:
         nursery.start_soon(one, nonce)

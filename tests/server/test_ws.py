@@ -383,7 +383,7 @@ async def test_a_failing_connection_actor_closes_only_its_socket_with_1011(
 ) -> None:
     from server.score_path import ScorePath
 
-    async def broken(*args: Any, **kwargs: Any) -> Any:
+    def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("a bug in the score path")
 
     async with node_api(settings) as (api, _, address):
@@ -391,7 +391,7 @@ async def test_a_failing_connection_actor_closes_only_its_socket_with_1011(
         token = await api.mint(ann, 1)
         async with socket(address.ws_url) as victim, socket(address.ws_url) as bystander:
             await signed_in(victim, ann)
-            monkeypatch.setattr(ScorePath, "submit", broken)
+            monkeypatch.setattr(ScorePath, "start", broken)
             await send(victim, type="submit", id="x", action_token=token)
             with pytest.raises(ConnectionClosed) as closed:
                 await receive(victim)

@@ -98,22 +98,27 @@ class LedgerActor:
     async def _committer(self) -> None:
         while True:
             batch = [await self._receive.receive()]
+            self._take_waiting(batch)
             if self._committing:
-                # PostgreSQL is busy with another batch: gather behind it.
+                # PostgreSQL is busy with another batch: gather behind it. One
+                # wake per arrival, and each takes all that came with it.
                 with trio.move_on_after(self._linger_s):
                     while len(batch) < self._batch_max:
                         batch.append(await self._receive.receive())
-            # Whatever else is already waiting rides along for free.
-            while len(batch) < self._batch_max:
-                try:
-                    batch.append(self._receive.receive_nowait())
-                except trio.WouldBlock:
-                    break
+                        self._take_waiting(batch)
             self._committing += 1
             try:
                 await self._commit(batch)
             finally:
                 self._committing -= 1
+
+    def _take_waiting(self, batch: list[_Pending]) -> None:
+        """Add what is already waiting to ``batch``, up to ``batch_max``."""
+        while len(batch) < self._batch_max:
+            try:
+                batch.append(self._receive.receive_nowait())
+            except trio.WouldBlock:
+                return
 
     async def _commit(self, batch: list[_Pending]) -> None:
         try:

@@ -37,7 +37,7 @@ from actors.ranking import Keys, RankingClient
 from protocol.errors import Unavailable
 from protocol.leaderboards import Board
 from protocol.messages import Me, Snapshot, encode, encode_update, frame_text
-from server.stores.redis_store import RedisStore, Subscription
+from server.stores.redis_store import PubSubMessage, RedisStore, Subscription
 
 log = logging.getLogger(__name__)
 
@@ -165,9 +165,9 @@ class FanoutActor:
                     if boards:
                         self._nursery.start_soon(self._resnapshot_all, boards)
                     backoff = _BACKOFF_INITIAL_S
-                    while True:
-                        for message in await subscription.receive(wait_s=1.0):
-                            self._on_message(message.kind, message.channel, message.data)
+                    # Publications land in _on_message as they are read; the
+                    # tick sends them on.
+                    await subscription.deliver(self._on_message)
             except Unavailable as exc:
                 self._subscription = None
                 for event in self._subscribed.values():
@@ -184,7 +184,9 @@ class FanoutActor:
                 await trio.sleep(backoff)
                 backoff = min(_BACKOFF_MAX_S, backoff * 2)
 
-    def _on_message(self, kind: str, channel: str, data: str) -> None:
+    def _on_message(self, message: PubSubMessage) -> None:
+        # Called from the pub/sub reader as each event is read: must not wait.
+        kind, channel, data = message.kind, message.channel, message.data
         if kind == "subscribe":
             event = self._subscribed.pop(channel, None)
             if event is not None:
@@ -193,8 +195,8 @@ class FanoutActor:
         if kind != "message":
             return
         try:
-            message = json.loads(data)
-            board_id, seq, entries = message["leaderboard"], int(message["seq"]), message["entries"]
+            body = json.loads(data)
+            board_id, seq, entries = body["leaderboard"], int(body["seq"]), body["entries"]
         except (ValueError, KeyError, TypeError):
             log.error("unreadable leaderboard publication", extra={"channel": channel})
             return

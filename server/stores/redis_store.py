@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Final
@@ -227,58 +227,60 @@ class PubSubMessage:
 class Subscription:
     """A Redis pub/sub connection used from Trio; owned by the fan-out actor.
 
-    One task calls :meth:`receive` in a loop; others may (un)subscribe
-    meanwhile — the confirmation arrives through :meth:`receive`.
+    One task runs :meth:`deliver` for the connection's life; others may
+    (un)subscribe meanwhile — the confirmations arrive through it.
     """
 
     def __init__(self, pubsub: Any, store: RedisStore) -> None:
         self._pubsub = pubsub
         self._store = store
+        # Set once something is subscribed: the reader waits on it while nothing is.
+        self._subscribed = asyncio.Event()
 
     async def subscribe(self, channel: str) -> None:
-        await self._store._call(self._pubsub.subscribe, channel)
+        await self._store._call(self._subscribe_aio, channel)
 
     async def unsubscribe(self, channel: str) -> None:
         await self._store._call(self._pubsub.unsubscribe, channel)
 
-    async def receive(self, *, wait_s: float, max_messages: int = 1000) -> list[PubSubMessage]:
-        """Wait up to ``wait_s`` for an event; return it and whatever else is already here."""
+    async def deliver(self, on_message: Callable[[PubSubMessage], None]) -> None:
+        """Call ``on_message`` with every event, in order, as it is read; until the
+        connection fails, when it raises :class:`Unavailable`.
+
+        One asyncio task reads for as long as this runs, with no timeout and no
+        Trio task woken per event: ``on_message`` is called on the asyncio side
+        (the same thread), so it must not wait. It may change the caller's state
+        and set Trio events.
+        """
         try:
-            raw: list[dict[str, Any]] = await trio_asyncio.aio_as_trio(self._receive_aio)(
-                wait_s, max_messages
-            )
+            await trio_asyncio.aio_as_trio(self._deliver_aio)(on_message)
         except _UNAVAILABLE as exc:
             raise Unavailable(
                 f"Redis pub/sub is unavailable: {type(exc).__name__}", code="redis_unavailable"
             ) from exc
-        return [
-            PubSubMessage(
-                kind=_decode(m["type"]),
-                channel=_decode(m["channel"]),
-                data=_decode(m["data"]) if isinstance(m["data"], bytes) else str(m["data"]),
-            )
-            for m in raw
-        ]
 
-    async def _receive_aio(self, wait_s: float, max_messages: int) -> list[dict[str, Any]]:
-        if not self._pubsub.subscribed:
-            # redis-py returns at once when nothing is subscribed; wait like a read would.
-            await asyncio.sleep(wait_s)
-            return []
-        first = await self._pubsub.get_message(timeout=wait_s)
-        if first is None:
-            return []
-        out = [first]
-        connection = self._pubsub.connection
-        # Take what has already arrived; asking only when something has (a
-        # get_message(timeout=0) on an empty buffer arms, fires and unwinds a
-        # timeout each time: most of a quiet subscription's cost).
-        while len(out) < max_messages and await connection.can_read():
-            more = await self._pubsub.get_message(timeout=0)
-            if more is None:
-                break
-            out.append(more)
-        return out
+    async def _subscribe_aio(self, channel: str) -> None:
+        await self._pubsub.subscribe(channel)
+        self._subscribed.set()
+
+    async def _deliver_aio(self, on_message: Callable[[PubSubMessage], None]) -> None:
+        pubsub = self._pubsub
+        while True:
+            if not pubsub.subscribed:
+                # redis-py answers at once while nothing is subscribed: wait instead.
+                self._subscribed.clear()
+                await self._subscribed.wait()
+                continue
+            m = await pubsub.get_message(timeout=None)  # blocks, with no timer
+            if m is not None:
+                data = m["data"]
+                on_message(
+                    PubSubMessage(
+                        kind=_decode(m["type"]),
+                        channel=_decode(m["channel"]),
+                        data=_decode(data) if isinstance(data, bytes) else str(data),
+                    )
+                )
 
 
 def pack_commands(commands: Sequence[Sequence[Any]]) -> bytes:

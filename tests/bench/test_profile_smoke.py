@@ -31,6 +31,6 @@ def test_profile_tiny_run(tmp_path: Path, via: str) -> None:
     assert any("RedisStore._pipeline_aio" in name for name in figures["asyncio_callbacks"])
     assert any("PostgresStore._apply_scores_aio" in name for name in figures["asyncio_callbacks"])
     if via == "ws":
-        assert "Subscription._receive_aio" in " ".join(figures["asyncio_callbacks"])
+        assert "Subscription._deliver_aio" in " ".join(figures["asyncio_callbacks"])
     # ...and no task is counted beyond the node thread's CPU for the window.
     assert sum(row["cpu_ms"] for row in tasks.values()) <= node_ms * 1.05

@@ -11,7 +11,13 @@ from redis.asyncio.connection import Connection
 
 from protocol.errors import Unavailable
 from server.stores import aio_loop
-from server.stores.redis_store import CommandError, Script, open_redis, pack_commands
+from server.stores.redis_store import (
+    CommandError,
+    PubSubMessage,
+    Script,
+    open_redis,
+    pack_commands,
+)
 
 
 async def test_one_round_trip_gives_each_command_its_reply_or_its_error(redis_url: str) -> None:
@@ -89,3 +95,52 @@ def test_pack_commands_refuses_what_redis_py_refuses() -> None:
     for bad in (True, None, ["x"]):
         with pytest.raises(TypeError):
             pack_commands([("SET", "k", bad)])
+
+
+async def test_a_subscription_delivers_events_in_order_and_outlasts_having_none(
+    redis_url: str,
+) -> None:
+    got: list[tuple[str, str, str]] = []
+    changed = trio.Event()
+
+    def on_message(message: PubSubMessage) -> None:
+        nonlocal changed
+        got.append((message.kind, message.channel, message.data))
+        changed.set()
+        changed = trio.Event()
+
+    async def until(count: int) -> None:
+        with trio.fail_after(5):
+            while len(got) < count:
+                await changed.wait()
+
+    async with (
+        aio_loop.open_loop(),
+        open_redis(redis_url) as redis,
+        redis.open_subscription() as subscription,
+        trio.open_nursery() as nursery,
+    ):
+        nursery.start_soon(subscription.deliver, on_message)
+        await subscription.subscribe("t:a")
+        await until(1)
+        for i in range(3):
+            await redis.pipeline([("PUBLISH", "t:a", f"m{i}")])
+        await until(4)
+        # With nothing subscribed the reader waits (redis-py would answer at
+        # once), and picks up again at the next subscription.
+        await subscription.unsubscribe("t:a")
+        await until(5)
+        await redis.pipeline([("PUBLISH", "t:a", "unheard")])
+        await subscription.subscribe("t:b")
+        await redis.pipeline([("PUBLISH", "t:b", "heard")])
+        await until(7)
+        assert got == [
+            ("subscribe", "t:a", "1"),
+            ("message", "t:a", "m0"),
+            ("message", "t:a", "m1"),
+            ("message", "t:a", "m2"),
+            ("unsubscribe", "t:a", "0"),
+            ("subscribe", "t:b", "1"),
+            ("message", "t:b", "heard"),
+        ]
+        nursery.cancel_scope.cancel()

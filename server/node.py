@@ -315,6 +315,11 @@ class Node:
                 action_rules=action_token.parse_action_types(settings.action_types),
                 draining=self._draining,
             )
+            self.metrics.gauge_from(
+                "podium_submissions_in_flight",
+                "Score submissions started and not yet answered.",
+                lambda: services.score_path.in_flight,
+            )
             listener = WsListener(
                 ConnectionContext(
                     settings=settings,

@@ -106,6 +106,7 @@ async def test_the_seed_data_flow(settings: Settings, database: str) -> None:
         assert 'podium_score_submissions_total{outcome="action_token_used"} 1.0' in metrics
         assert 'podium_score_submissions_total{outcome="token_malformed"} 1.0' in metrics
         assert "podium_ledger_committed_total 3.0" in metrics
+        assert "podium_submissions_in_flight 0.0" in metrics
 
 
 async def test_action_token_is_bound_to_its_player_board_and_bounds(settings: Settings) -> None:

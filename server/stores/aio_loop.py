@@ -15,7 +15,9 @@ its whole ready queue per iteration. Order is unchanged (the channel is FIFO;
 due timers run first, as in trio-asyncio); callbacks queued while a pass runs
 join it, which is what asyncio does too, bounded so Trio tasks are never
 starved. With no timer pending it waits for the queue without a cancel scope
-(trio-asyncio opens one with an infinite deadline on every pass).
+(trio-asyncio opens one on every pass), and a cancelled timer is dropped when
+it reaches the front rather than kept until it would have been due. (The
+store adapters arm no timers, so a pass never needs one.)
 
 And one change to I/O readiness: trio-asyncio watches each file descriptor
 asyncio reads (a socket's ``add_reader``) in a Trio task that, after every
@@ -61,8 +63,11 @@ async def _main_loop_one(self: Any, no_wait: bool = False) -> None:
         await _original_main_loop_one(self, no_wait)
         return
     obj: Any = None
-    if self._timers:
-        timeout = self._timers[0]._when - self.time()
+    timers = self._timers
+    while timers and timers[0]._cancelled:
+        heapq.heappop(timers)  # a cancelled timer must not hold a deadline
+    if timers:
+        timeout = timers[0]._when - self.time()
         if timeout <= 0:
             obj = heapq.heappop(self._timers)
     else:

@@ -864,12 +864,15 @@ async def open_postgres(
                 dsn,
                 min_size=min_size,
                 max_size=max_size,
-                # No asyncpg timers: each would be one more pass of the asyncio
-                # loop under Trio (and a timer kept pending makes every pass
-                # open a cancel scope). Every call is bounded on the Trio side
-                # (PostgresStore._call); idle connections are kept, not timed out.
+                # No asyncpg timers: a pending timer makes every pass of the
+                # asyncio loop under Trio open a cancel scope. Every call is
+                # bounded on the Trio side (PostgresStore._call); idle
+                # connections are kept, not timed out.
                 command_timeout=None,
                 max_inactive_connection_lifetime=0,
+                # Prepared statements stay cached (the cache is still bounded in
+                # count): a lifetime would re-arm a timer on every query.
+                max_cached_statement_lifetime=0,
                 reset=_keep_session,
             )
     except (trio.TooSlowError, *_UNAVAILABLE) as exc:

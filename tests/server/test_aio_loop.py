@@ -11,6 +11,8 @@ import trio_asyncio
 from trio_asyncio._base import BaseTrioEventLoop
 
 from server.stores import aio_loop
+from server.stores.pg_store import open_postgres
+from server.stores.redis_store import open_redis
 
 
 class Passes(trio.abc.Instrument):
@@ -162,3 +164,37 @@ async def test_a_socket_read_costs_its_watcher_one_step() -> None:
     # Two reads per round (the server's and the client's), plus some for
     # connecting and closing (7 to 11 seen); trio-asyncio's own takes ~4 per round.
     assert 2 * rounds <= steps.count <= 2 * rounds + 25
+
+
+async def test_a_cancelled_timer_holds_no_deadline() -> None:
+    async with aio_loop.open_loop() as loop:
+        loop.call_later(1000, print).cancel()
+        done = trio.Event()
+        loop.call_soon(done.set)
+        await done.wait()
+        # Dropped at the next pass rather than kept until it would have been
+        # due, so the loop waits for callbacks with no cancel scope.
+        assert loop._timers == []
+
+
+async def test_the_stores_leave_no_timer_pending(redis_url: str, database: str) -> None:
+    # asyncpg arms timers for command timeouts, idle connections and its
+    # statement cache, redis-py for read timeouts: all off (see the adapters).
+    async with (
+        aio_loop.open_loop() as loop,
+        open_redis(redis_url) as redis,
+        open_postgres(database) as postgres,
+        redis.open_subscription() as subscription,
+        trio.open_nursery() as nursery,
+    ):
+        nursery.start_soon(subscription.deliver, lambda message: None)
+        await subscription.subscribe("t:timers")
+        for _ in range(5):
+            await redis.pipeline([("PING",)])
+            await postgres.now()
+        done = trio.Event()
+        loop.call_soon(done.set)
+        await done.wait()
+        assert [t for t in loop._timers if not t._cancelled] == []
+        assert loop._timers == []
+        nursery.cancel_scope.cancel()

@@ -601,8 +601,15 @@ class RankingClient:
         return answer
 
     async def send_apply(self, state: RecordState, result: LedgerResult, reply: Reply) -> None:
-        """Hand over a committed state, waiting for room; the answer goes to ``reply``."""
-        await self._inbox.send(_Apply(state, result, reply))
+        """Hand over a committed state, waiting for room; the answer goes to ``reply``.
+
+        No checkpoint while there is room: a batch's states go in one step.
+        """
+        request = _Apply(state, result, reply)
+        try:
+            self._inbox.send_nowait(request)
+        except trio.WouldBlock:
+            await self._inbox.send(request)
 
     def release_nonce_nowait(self, nonce: str) -> None:
         """Forget a claim whose submission did not commit (best effort)."""

@@ -48,7 +48,7 @@ import trio
 from actors import ranking
 from actors.ledger import LedgerClient
 from actors.ranking import RankingClient
-from actors.reply import Reply, answer
+from actors.reply import Reply, answer, expired
 from protocol import fraud
 from protocol.errors import RateLimited, Unavailable
 from protocol.leaderboards import Submission
@@ -314,7 +314,11 @@ class FraudActor:
                 nursery.start_soon(self._send_alerts)
             task_status.started()
             while True:
-                await self._admit(await receive_batch(self._receive, _MAX_BATCH))
+                batch = await receive_batch(self._receive, _MAX_BATCH)
+                # Past their deadline (answered 503 "retry"): claim nothing for them.
+                batch = [pending for pending in batch if not expired(pending.reply)]
+                if batch:
+                    await self._admit(batch)
 
     # ---- admission: one round trip per batch
 

@@ -31,7 +31,7 @@ import outcome
 import trio
 
 from actors.ranking import RankingClient
-from actors.reply import Reply, answer
+from actors.reply import Reply, answer, expired
 from protocol.errors import Unavailable
 from protocol.leaderboards import Submission
 from server.stores.pg_store import PostgresStore
@@ -106,6 +106,10 @@ class LedgerActor:
                     while len(batch) < self._batch_max:
                         batch.append(await self._receive.receive())
                         self._take_waiting(batch)
+            # Past their deadline (answered 503 "retry"): commit nothing for them.
+            batch = [pending for pending in batch if not expired(pending.reply)]
+            if not batch:
+                continue
             self._committing += 1
             try:
                 await self._commit(batch)

@@ -10,6 +10,11 @@ uses a :class:`OneShot`; the score path passes a function that finishes the
 submission where it stands — writing a WebSocket ack, say — with no task
 waiting at all (:class:`server.score_path.ScorePath`).
 
+A reply may also say the requester has stopped waiting — an ``expired``
+attribute that is true — and then :func:`expired` tells actors to drop the
+request before doing its work (the score path's deadline:
+:class:`server.score_path.ScorePath`).
+
 *Error handling*: a reply that raises is a bug in the requester, not in the
 actor: :func:`answer` logs it and the actor carries on with the rest.
 """
@@ -36,6 +41,11 @@ def answer(reply: Reply | None, value: outcome.Outcome[Any]) -> None:
         reply(value)
     except Exception:
         log.exception("a requester's reply failed")
+
+
+def expired(reply: Reply | None) -> bool:
+    """Whether the requester behind ``reply`` has stopped waiting (see the module doc)."""
+    return getattr(reply, "expired", False) is True
 
 
 class OneShot:

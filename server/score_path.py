@@ -20,7 +20,9 @@ sends it on its way and the last stage calls the submitter back. The
 WebSocket connection actor writes its ack from that call, with no task per
 submission; HTTP awaits it (:meth:`ScorePath.submit`). One task,
 :meth:`ScorePath.run`, answers 503 for any submission not finished within
-``submit_timeout_s``.
+``submit_timeout_s``; the fraud and ledger actors then drop it if it has not
+reached them yet, so that 503 means "not committed" unless it was already in
+PostgreSQL's hands — and then a retry gets 409, as the answer says.
 
 A submission that did not commit (503) or was refused before its nonce was
 consumed gives its nonce back in Redis, so the client may retry the same
@@ -113,6 +115,11 @@ class _Flight:
 
     def __call__(self, value: outcome.Outcome[Any]) -> None:
         self._path._landed(self, value)
+
+    @property
+    def expired(self) -> bool:
+        """Answered already: at its deadline (the actors then drop it; see actors.reply)."""
+        return self.finished
 
 
 class ScorePath:
@@ -257,13 +264,15 @@ class ScorePath:
                 "score submission timed out",
                 extra={"leaderboard": oldest.leaderboard, "user_id": oldest.user_id},
             )
-            oldest.done(
-                Unavailable(
-                    "the score could not be committed in time; retrying the same token is "
-                    "safe (409 means it was applied)",
-                    code="commit_timeout",
-                )
+            timeout = Unavailable(
+                "the score could not be committed in time; retrying the same token is "
+                "safe (409 means it was applied)",
+                code="commit_timeout",
             )
+            try:
+                oldest.done(timeout)
+            except Exception:
+                log.exception("a submitter's done() failed")
 
     # ---- where a submission lands
 

@@ -142,3 +142,29 @@ async def test_a_batch_holds_at_most_batch_max(mock_clock: MockClock) -> None:
         await wait_all_tasks_blocked()
         assert len(answers) == 6
         nursery.cancel_scope.cancel()
+
+
+class Expired:
+    """A reply whose requester has stopped waiting (see actors.reply.expired)."""
+
+    expired = True
+
+    def __call__(self, value: Any) -> None:
+        raise AssertionError("an expired submission must not be answered")
+
+
+async def test_a_submission_past_its_deadline_is_not_committed(mock_clock: MockClock) -> None:
+    postgres = HeldPostgres()
+    answers: dict[str, Any] = {}
+    async with trio.open_nursery() as nursery:
+        client = await start_ledger(nursery, postgres)
+        client.submit_nowait(submission("late"), Expired())
+        await wait_all_tasks_blocked()
+        assert postgres.batches == []
+        await submit_all(nursery, client, ["on-time"], answers)
+        await wait_all_tasks_blocked()
+        assert postgres.batches == [["on-time"]]
+        postgres.release[0].set()
+        await wait_all_tasks_blocked()
+        assert list(answers) == ["on-time"]
+        nursery.cancel_scope.cancel()

@@ -202,6 +202,11 @@ class ConnectionActor:
         self.closing: CloseCode | None = None
 
     @property
+    def remote(self) -> str | None:
+        """The client's address."""
+        return self._remote
+
+    @property
     def session_id(self) -> str | None:
         return self._claims.session_id if self._claims else None
 
@@ -279,6 +284,11 @@ class ConnectionActor:
                     await self._read()
                 # _read returns once a close has begun; _close ends the nursery.
         finally:
+            # Ended, however it ended: heartbeats and late submission answers
+            # that still reach this actor must find nothing to do.
+            if self.closing is None:
+                self.closing = CloseCode.INTERNAL_ERROR
+            self._nursery = None
             self._context.fanout.forget(self._watcher)
 
     async def _read(self) -> None:

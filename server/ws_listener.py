@@ -118,7 +118,11 @@ class WsListener:
             await trio.sleep(period)
             now = trio.current_time()
             for actor in self._actors:  # heartbeat() never adds or removes actors
-                actor.heartbeat(now)
+                try:
+                    actor.heartbeat(now)
+                except Exception:
+                    # One socket's bug must not stop the heartbeats of all the others.
+                    log.exception("heartbeat failed", extra={"remote": actor.remote})
 
     async def _close(self, connection: WebSocketConnection, code: int, reason: str) -> None:
         with trio.move_on_after(_CLOSE_TIMEOUT_S):

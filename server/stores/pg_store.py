@@ -874,6 +874,9 @@ async def open_postgres(
                 # count): a lifetime would re-arm a timer on every query.
                 max_cached_statement_lifetime=0,
                 reset=_keep_session,
+                # Kept idle connections are probed by the server, so a NAT or a
+                # load balancer between does not silently drop them.
+                server_settings=_KEEPALIVES,
             )
     except (trio.TooSlowError, *_UNAVAILABLE) as exc:
         raise Unavailable(
@@ -886,6 +889,13 @@ async def open_postgres(
         with trio.CancelScope(shield=True), trio.move_on_after(command_timeout_s):
             await trio_asyncio.aio_as_trio(pool.close)()
         pool.terminate()
+
+
+_KEEPALIVES: Final = {
+    "tcp_keepalives_idle": "60",
+    "tcp_keepalives_interval": "10",
+    "tcp_keepalives_count": "3",
+}
 
 
 async def _keep_session(conn: Any) -> None:

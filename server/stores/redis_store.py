@@ -75,6 +75,9 @@ def _load_scripts() -> dict[str, tuple[str, str]]:
 
 SCRIPTS: Final = _load_scripts()
 
+#: Seconds between PINGs on a subscribed pub/sub connection (:meth:`Subscription.deliver`).
+PUBSUB_KEEPALIVE_S: Final = 15.0
+
 
 @dataclass(frozen=True, slots=True)
 class Script:
@@ -217,7 +220,7 @@ class RedisStore:
 
 @dataclass(frozen=True, slots=True)
 class PubSubMessage:
-    """One pub/sub event: ``kind`` is "message", "subscribe" or "unsubscribe"."""
+    """One pub/sub event: ``kind`` is "message", "subscribe", "unsubscribe" or "pong"."""
 
     kind: str
     channel: str
@@ -236,6 +239,7 @@ class Subscription:
         self._store = store
         # Set once something is subscribed: the reader waits on it while nothing is.
         self._subscribed = asyncio.Event()
+        self._last_read = trio.current_time()  # when the reader last got an event
 
     async def subscribe(self, channel: str) -> None:
         await self._store._call(self._subscribe_aio, channel)
@@ -243,21 +247,57 @@ class Subscription:
     async def unsubscribe(self, channel: str) -> None:
         await self._store._call(self._pubsub.unsubscribe, channel)
 
-    async def deliver(self, on_message: Callable[[PubSubMessage], None]) -> None:
+    async def deliver(
+        self,
+        on_message: Callable[[PubSubMessage], None],
+        *,
+        keepalive_s: float = PUBSUB_KEEPALIVE_S,
+    ) -> None:
         """Call ``on_message`` with every event, in order, as it is read; until the
         connection fails, when it raises :class:`Unavailable`.
 
         One asyncio task reads for as long as this runs, with no timeout and no
         Trio task woken per event: ``on_message`` is called on the asyncio side
         (the same thread), so it must not wait. It may change the caller's state
-        and set Trio events.
+        and set Trio events. While something is subscribed, a PING goes out
+        every ``keepalive_s``; if nothing at all has come back by the next one
+        the connection counts as lost (a peer that vanished sends no reset).
         """
-        try:
-            await trio_asyncio.aio_as_trio(self._deliver_aio)(on_message)
-        except _UNAVAILABLE as exc:
+        lost: BaseException | None = None
+
+        async def read(done: trio.CancelScope) -> None:
+            nonlocal lost
+            try:
+                await trio_asyncio.aio_as_trio(self._deliver_aio)(on_message)
+            except _UNAVAILABLE as exc:
+                lost = exc
+            done.cancel()
+
+        async def keepalive(done: trio.CancelScope) -> None:
+            nonlocal lost
+            while True:
+                pinged_at = trio.current_time()
+                if self._pubsub.subscribed:  # nothing is read while nothing is
+                    try:
+                        await self._store._call(self._pubsub.ping)
+                    except Unavailable as exc:
+                        lost = exc
+                        done.cancel()
+                        return
+                await trio.sleep(keepalive_s)
+                if self._pubsub.subscribed and self._last_read < pinged_at:
+                    lost = TimeoutError(f"no answer to a PING within {keepalive_s:g} s")
+                    done.cancel()
+                    return
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read, nursery.cancel_scope)
+            nursery.start_soon(keepalive, nursery.cancel_scope)
+        if lost is not None:
             raise Unavailable(
-                f"Redis pub/sub is unavailable: {type(exc).__name__}", code="redis_unavailable"
-            ) from exc
+                f"Redis pub/sub is unavailable: {type(lost).__name__}: {lost}",
+                code="redis_unavailable",
+            ) from lost
 
     async def _subscribe_aio(self, channel: str) -> None:
         await self._pubsub.subscribe(channel)
@@ -272,12 +312,13 @@ class Subscription:
                 await self._subscribed.wait()
                 continue
             m = await pubsub.get_message(timeout=None)  # blocks, with no timer
+            self._last_read = trio.current_time()
             if m is not None:
                 data = m["data"]
                 on_message(
                     PubSubMessage(
                         kind=_decode(m["type"]),
-                        channel=_decode(m["channel"]),
+                        channel=_decode(m["channel"]) or "",  # none for a pong
                         data=_decode(data) if isinstance(data, bytes) else str(data),
                     )
                 )

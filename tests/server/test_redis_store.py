@@ -144,3 +144,70 @@ async def test_a_subscription_delivers_events_in_order_and_outlasts_having_none(
             ("message", "t:b", "heard"),
         ]
         nursery.cancel_scope.cancel()
+
+
+class FreezingProxy:
+    """A TCP proxy to Redis that can stop passing bytes while keeping its sockets
+    open: a peer that has vanished without a reset."""
+
+    def __init__(self, redis_url: str) -> None:
+        host_port = redis_url.split("//", 1)[1].split("/", 1)[0]
+        self._host, port = host_port.rsplit(":", 1)
+        self._port = int(port)
+        self.frozen = trio.Event()
+        self.url = ""
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.url = f"redis://127.0.0.1:{listeners[0].socket.getsockname()[1]}/0"
+        task_status.started()
+        await trio.serve_listeners(self._handle, listeners)
+
+    async def _handle(self, client: trio.SocketStream) -> None:
+        server = await trio.open_tcp_stream(self._host, self._port)
+        async with client, server, trio.open_nursery() as nursery:
+            nursery.start_soon(self._pump, client, server)
+            nursery.start_soon(self._pump, server, client)
+
+    async def _pump(self, source: trio.SocketStream, sink: trio.SocketStream) -> None:
+        while data := await source.receive_some(65536):
+            if self.frozen.is_set():
+                await trio.sleep_forever()
+            await sink.send_all(data)
+
+
+async def test_a_subscription_whose_peer_goes_silent_is_given_up(redis_url: str) -> None:
+    proxy = FreezingProxy(redis_url)
+    kinds: list[str] = []
+    lost: list[Unavailable] = []
+    ended = trio.Event()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(proxy.serve)
+        async with (
+            aio_loop.open_loop(),
+            open_redis(proxy.url) as redis,
+            redis.open_subscription() as subscription,
+        ):
+
+            async def deliver() -> None:
+                try:
+                    await subscription.deliver(
+                        lambda message: kinds.append(message.kind), keepalive_s=0.3
+                    )
+                except Unavailable as exc:
+                    lost.append(exc)
+                ended.set()
+
+            nursery.start_soon(deliver)
+            await subscription.subscribe("t:quiet")
+            await trio.sleep(1.0)  # quiet, but its PINGs are answered
+            assert not ended.is_set()
+            assert kinds[0] == "subscribe" and kinds.count("pong") >= 2, kinds
+            proxy.frozen.set()
+            began = trio.current_time()
+            with trio.fail_after(5):
+                await ended.wait()
+            assert trio.current_time() - began < 1.5
+            (error,) = lost
+            assert "PING" in error.message
+        nursery.cancel_scope.cancel()

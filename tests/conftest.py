@@ -43,19 +43,32 @@ def redis_url(services: TestServices) -> str:
     return services.urls.redis_url
 
 
-@pytest.fixture
-def settings(database: str, redis_url: str, tmp_path: Path) -> Settings:
-    """Settings for a node on free ports against this test's Redis and database."""
+def _offline(tmp_path: Path) -> Settings:
     return Settings(
-        http_port=0,
-        ws_port=0,
         data_dir=tmp_path / "data",
-        redis_url=redis_url,
-        database_url=database,
+        redis_url="redis://unused",
+        database_url="postgresql://unused/unused",
         jwt_secret="test-jwt-secret-0123456789-0123456789",
         service_key="test-service-key-0123456789",
         action_key="test-action-key-0123456789",
         admin_token="test-admin-token-0123456789",
+    )
+
+
+@pytest.fixture
+def offline_settings(tmp_path: Path) -> Settings:
+    """Settings for parts tested without Redis or PostgreSQL (their URLs lead nowhere)."""
+    return _offline(tmp_path)
+
+
+@pytest.fixture
+def settings(database: str, redis_url: str, tmp_path: Path) -> Settings:
+    """Settings for a node on free ports against this test's Redis and database."""
+    return _offline(tmp_path).replace(
+        http_port=0,
+        ws_port=0,
+        redis_url=redis_url,
+        database_url=database,
         node_id="test-node",
         graceful_timeout_s=5.0,
         # Tests drive one machine's traffic as fast as it goes: the fraud checks

@@ -9,7 +9,6 @@ tested in ``tests/server/test_ws.py``.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -53,17 +52,10 @@ class Fanout:
         pass
 
 
-async def test_an_ended_actor_ignores_heartbeats_and_late_answers(tmp_path: Path) -> None:
-    settings = Settings(
-        data_dir=tmp_path,
-        redis_url="redis://unused",
-        database_url="postgresql://unused/unused",
-        jwt_secret="test-jwt-secret-0123456789-0123456789",
-        service_key="test-service-key-0123456789",
-        action_key="test-action-key-0123456789",
-        admin_token="test-admin-token-0123456789",
-        ws_heartbeat_s=1.0,
-    )
+async def test_an_ended_actor_ignores_heartbeats_and_late_answers(
+    offline_settings: Settings,
+) -> None:
+    settings = offline_settings.replace(ws_heartbeat_s=1.0)
     frames = Frames()
     counted: list[str] = []
     actor = ConnectionActor(

@@ -17,6 +17,7 @@ from actors.fraud import Admission, FraudActor, FraudPolicy, RateLimit, Verdict
 from protocol import fraud
 from protocol.leaderboards import Submission
 from server.stores.redis_store import Script
+from tests.actors.records import submission
 
 KEYS_PER_ADMISSION = 11
 
@@ -66,17 +67,7 @@ def pending(nonce: str) -> tuple[Admission, Submission]:
         nonce=nonce,
         nonce_ttl_s=60,
     )
-    submission = Submission(
-        user_id="u",
-        leaderboard="global",
-        delta=1,
-        action_type="score",
-        token_hash=b"h",
-        nonce=nonce,
-        ip="10.0.0.1",
-        user_agent=None,
-    )
-    return admission, submission
+    return admission, submission(nonce, ip="10.0.0.1")
 
 
 async def test_admitted_go_to_the_ledger_refused_are_answered_expired_are_dropped() -> None:

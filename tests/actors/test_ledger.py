@@ -18,6 +18,7 @@ from trio.testing import MockClock, wait_all_tasks_blocked
 from actors.ledger import LedgerActor, LedgerClient
 from actors.reply import OneShot
 from protocol.leaderboards import LedgerResult, Submission
+from tests.actors.records import submission
 
 LINGER_S = 0.005
 
@@ -36,19 +37,6 @@ class HeldPostgres:
         await done.wait()
         # "ok" without a state: answered by the ledger itself, no ranking involved.
         return [LedgerResult(status="ok", old_score=0, new_score=1) for _ in submissions]
-
-
-def submission(nonce: str) -> Submission:
-    return Submission(
-        user_id="u",
-        leaderboard="global",
-        delta=1,
-        action_type="score",
-        token_hash=b"h",
-        nonce=nonce,
-        ip=None,
-        user_agent=None,
-    )
 
 
 async def start_ledger(

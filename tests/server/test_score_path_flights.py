@@ -10,7 +10,6 @@ sleeps. The path through the real actors, stores included, is tested in
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import outcome
@@ -28,7 +27,6 @@ from protocol.leaderboards import Board, LedgerResult
 from server.score_path import Ack, ScorePath
 
 TIMEOUT_S = 5.0
-KEY = "test-action-key-0123456789"
 PLAYER = AccessClaims(
     user_id="0b7e3a52-6d1c-4c8e-9a1f-2f4d5e6a7b8c",
     session_id=None,
@@ -65,6 +63,7 @@ class Parts(NamedTuple):
     fraud: HeldFraud
     releases: Releases
     kid: str
+    key: str
 
     def token(self) -> tuple[str, str]:
         """A fresh action token for PLAYER, and its nonce."""
@@ -74,7 +73,7 @@ class Parts(NamedTuple):
             action_type="score",
             delta=3,
             kid=self.kid,
-            key=KEY,
+            key=self.key,
             now=time.time(),
             ttl_s=300,
         )
@@ -82,17 +81,8 @@ class Parts(NamedTuple):
 
 
 @pytest.fixture
-def parts(tmp_path: Path) -> Parts:
-    settings = Settings(
-        data_dir=tmp_path,
-        redis_url="redis://unused",
-        database_url="postgresql://unused/unused",
-        jwt_secret="test-jwt-secret-0123456789-0123456789",
-        service_key="test-service-key-0123456789",
-        action_key=KEY,
-        admin_token="test-admin-token-0123456789",
-        submit_timeout_s=TIMEOUT_S,
-    )
+def parts(offline_settings: Settings) -> Parts:
+    settings = offline_settings.replace(submit_timeout_s=TIMEOUT_S)
     fraud, releases = HeldFraud(), Releases()
     path = ScorePath(
         settings,
@@ -100,7 +90,8 @@ def parts(tmp_path: Path) -> Parts:
         ranking=releases,  # type: ignore[arg-type]
         fraud=fraud,  # type: ignore[arg-type]
     )
-    return Parts(path, fraud, releases, settings.action_key_id)
+    assert settings.action_key is not None
+    return Parts(path, fraud, releases, settings.action_key_id, settings.action_key)
 
 
 def start(path: ScorePath, text: str, answers: list[Ack | PodiumError]) -> None:
@@ -110,7 +101,7 @@ def start(path: ScorePath, text: str, answers: list[Ack | PodiumError]) -> None:
 async def test_a_submission_nobody_finishes_gets_503_at_its_deadline(
     parts: Parts, autojump_clock: MockClock
 ) -> None:
-    path, fraud, releases, _ = parts
+    path, fraud, releases, *_ = parts
     text, nonce = parts.token()
     async with trio.open_nursery() as nursery:
         await nursery.start(path.run)
@@ -129,7 +120,7 @@ async def test_a_submission_nobody_finishes_gets_503_at_its_deadline(
 async def test_an_answer_after_the_deadline_is_dropped_and_a_late_failure_frees_the_nonce(
     parts: Parts, autojump_clock: MockClock
 ) -> None:
-    path, fraud, releases, _ = parts
+    path, fraud, releases, *_ = parts
     late_fail, fail_nonce = parts.token()
     late_ok, _ = parts.token()
     answers: list[Ack | PodiumError] = []
@@ -154,7 +145,7 @@ async def test_an_answer_after_the_deadline_is_dropped_and_a_late_failure_frees_
 async def test_each_stage_answers_through_the_same_reply(
     parts: Parts, autojump_clock: MockClock
 ) -> None:
-    path, fraud, releases, _ = parts
+    path, fraud, releases, *_ = parts
     refused, committed = parts.token(), parts.token()
     answers: list[Ack | PodiumError] = []
     async with trio.open_nursery() as nursery:

@@ -112,6 +112,8 @@ class Admission:
     delta_max: int
     nonce: str
     nonce_ttl_s: int
+    #: What the nonce is claimed with: this attempt's own, so only it can give it back.
+    claim: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -366,6 +368,7 @@ class FraudActor:
                 admission.ip or "",
                 user,
                 "1" if admission.device else "0",
+                admission.claim,
             ]
         return Script("admit", script_keys, args)
 

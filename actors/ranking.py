@@ -86,9 +86,11 @@ class _Apply:
 
 @dataclass(slots=True)
 class _Release:
-    """Forget a nonce claim (the fraud actor claims them, ``lua/admit.lua``)."""
+    """Give back a nonce claim if it is still ``claim`` (the fraud actor claims them,
+    ``lua/admit.lua``; ``lua/release_claim.lua``)."""
 
     nonce: str
+    claim: str
 
 
 @dataclass(slots=True)
@@ -245,7 +247,9 @@ class RankingActor:
             plan.append((group, 1))
         for request in batch:
             if isinstance(request, _Release):
-                commands.append(("DEL", self._keys.nonce(request.nonce)))
+                commands.append(
+                    Script("release_claim", [self._keys.nonce(request.nonce)], [request.claim])
+                )
                 plan.append((None, 1))
             elif isinstance(request, _Snapshot):
                 if self._rebuilding:
@@ -611,10 +615,11 @@ class RankingClient:
         except trio.WouldBlock:
             await self._inbox.send(request)
 
-    def release_nonce_nowait(self, nonce: str) -> None:
-        """Forget a claim whose submission did not commit (best effort)."""
+    def release_nonce_nowait(self, nonce: str, claim: str) -> None:
+        """Give back the claim ``claim`` on ``nonce``, whose submission did not commit,
+        unless another attempt holds the nonce by now (best effort)."""
         with contextlib.suppress(trio.WouldBlock):
-            self._inbox.send_nowait(_Release(nonce))
+            self._inbox.send_nowait(_Release(nonce, claim))
 
     async def top(
         self, board: Board, *, offset: int, limit: int, after_user: str = ""

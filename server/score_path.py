@@ -33,6 +33,7 @@ one that did commit gets 409, and so does a retry of a blocked one.
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -100,13 +101,28 @@ def action_keys(settings: Settings) -> dict[str, str]:
 class _Flight:
     """One submission on its way through the actors; it is their reply."""
 
-    __slots__ = ("_path", "deadline", "done", "finished", "leaderboard", "nonce", "user_id")
+    __slots__ = (
+        "_path",
+        "claim",
+        "deadline",
+        "done",
+        "finished",
+        "leaderboard",
+        "nonce",
+        "user_id",
+    )
 
     def __init__(
-        self, path: ScorePath, action: action_token.ActionClaims, deadline: float, done: Done
+        self,
+        path: ScorePath,
+        action: action_token.ActionClaims,
+        claim: str,
+        deadline: float,
+        done: Done,
     ) -> None:
         self._path = path
         self.nonce = action.nonce
+        self.claim = claim
         self.leaderboard = action.leaderboard
         self.user_id = action.user_id
         self.deadline = deadline
@@ -202,6 +218,7 @@ class ScorePath:
             nonce=action.nonce,
             # The Redis claim must outlive every moment the token could still verify.
             nonce_ttl_s=int(action.expires_at - now + self._settings.jwt_leeway_s) + 1,
+            claim=secrets.token_hex(8),
         )
         submission = Submission(
             user_id=claims.user_id,
@@ -213,7 +230,13 @@ class ScorePath:
             ip=ip,
             user_agent=user_agent[:512] if user_agent else None,
         )
-        flight = _Flight(self, action, trio.current_time() + self._settings.submit_timeout_s, done)
+        flight = _Flight(
+            self,
+            action,
+            admission.claim,
+            trio.current_time() + self._settings.submit_timeout_s,
+            done,
+        )
         self._fraud.submit_nowait(admission, submission, flight)
         self._flights[flight] = None
         if len(self._flights) == 1:
@@ -259,7 +282,7 @@ class ScorePath:
             oldest.finished = True
             # Not committed, or not known to be: let the player retry the same
             # token. PostgreSQL still refuses a second commit (409).
-            self._ranking.release_nonce_nowait(oldest.nonce)
+            self._ranking.release_nonce_nowait(oldest.nonce, oldest.claim)
             log.warning(
                 "score submission timed out",
                 extra={"leaderboard": oldest.leaderboard, "user_id": oldest.user_id},
@@ -288,7 +311,7 @@ class ScorePath:
         """What to answer for ``value``; gives the nonce back where the player may retry."""
         if isinstance(value, outcome.Error):
             # Not committed: give the Redis claim back so the player may retry.
-            self._ranking.release_nonce_nowait(flight.nonce)
+            self._ranking.release_nonce_nowait(flight.nonce, flight.claim)
             error = value.error
             if isinstance(error, PodiumError):
                 return error
@@ -312,7 +335,7 @@ class ScorePath:
                     )
             # "admitted" goes on to the ledger, which answers instead.
             log.error("an admitted submission came back from the fraud actor uncommitted")
-            self._ranking.release_nonce_nowait(flight.nonce)
+            self._ranking.release_nonce_nowait(flight.nonce, flight.claim)
             return Unavailable("the score could not be committed", code="commit_failed")
         result: LedgerResult
         rank: int | None
@@ -331,7 +354,7 @@ class ScorePath:
                 return _used()
         # Refused before the nonce was consumed in PostgreSQL: give it back in
         # Redis too, so a retry hears the same reason rather than 409.
-        self._ranking.release_nonce_nowait(flight.nonce)
+        self._ranking.release_nonce_nowait(flight.nonce, flight.claim)
         match result.status:
             case "unknown_leaderboard":
                 return NotFound(

@@ -66,6 +66,7 @@ def pending(nonce: str) -> tuple[Admission, Submission]:
         delta_max=10,
         nonce=nonce,
         nonce_ttl_s=60,
+        claim=f"claim-{nonce}",
     )
     return admission, submission(nonce, ip="10.0.0.1")
 

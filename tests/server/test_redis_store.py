@@ -217,3 +217,15 @@ async def test_a_subscription_whose_peer_goes_silent_is_given_up(redis_url: str)
             (error,) = lost
             assert "PING" in error.message
         nursery.cancel_scope.cancel()
+
+
+async def test_a_claim_is_given_back_only_by_the_attempt_that_holds_it(redis_url: str) -> None:
+    async with aio_loop.open_loop(), open_redis(redis_url) as redis:
+        await redis.pipeline([("SET", "t:nonce", "retry", "EX", 60)])
+        # The first attempt's late release finds the retry's claim: kept.
+        late = await redis.pipeline([Script("release_claim", ["t:nonce"], ["first"])])
+        assert late == [0]
+        assert await redis.pipeline([("GET", "t:nonce")]) == ["retry"]
+        mine = await redis.pipeline([Script("release_claim", ["t:nonce"], ["retry"])])
+        assert mine == [1]
+        assert await redis.pipeline([("EXISTS", "t:nonce")]) == [0]

@@ -48,9 +48,11 @@ class HeldFraud:
 class Releases:
     def __init__(self) -> None:
         self.nonces: list[str] = []
+        self.claims: list[str] = []
 
-    def release_nonce_nowait(self, nonce: str) -> None:
+    def release_nonce_nowait(self, nonce: str, claim: str) -> None:
         self.nonces.append(nonce)
+        self.claims.append(claim)
 
 
 class OneBoard:
@@ -111,8 +113,17 @@ async def test_a_submission_nobody_finishes_gets_503_at_its_deadline(
         assert trio.current_time() - began == TIMEOUT_S
         assert refused.value.code == "commit_timeout"
         assert len(fraud.held) == 1
-        # The player may retry the same token: its claim in Redis is given back.
+        # The player may retry the same token: its claim in Redis is given back,
+        # by the value this attempt claimed it with.
         assert releases.nonces == [nonce]
+        ((admission, _, _),) = fraud.held
+        assert releases.claims == [admission.claim]
+        # A retry claims with a value of its own, so the first attempt's late
+        # release cannot take the retry's claim away.
+        with pytest.raises(Unavailable):
+            await path.submit(PLAYER, text, ip="10.0.0.1", user_agent="test")
+        assert fraud.held[1][0].nonce == nonce
+        assert fraud.held[1][0].claim != admission.claim
         assert path.in_flight == 0
         nursery.cancel_scope.cancel()
 

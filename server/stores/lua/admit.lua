@@ -3,7 +3,8 @@
 --   1. its nonce: already used -> status 1, nothing else happens;
 --   2. the player's and the IP's rate limits (lib/gcra.lua): over either ->
 --      status 2 with the ms to wait, nothing is spent and the nonce stays free;
---   3. spend both, claim the nonce (SET EX), and — when scoring — read and
+--   3. spend both, claim the nonce (SET EX, with this attempt's claim value, so
+--      that only this attempt can give it back: lua/release_claim.lua), and — when scoring — read and
 --      update the player's history and IPs and the IP's and device's requests
 --      and players (lib/source.lua): status 0.
 --
@@ -15,8 +16,8 @@
 --   IP burst, "1" to score, history length kept, identity window (ms),
 --   frequency window (ms), how far into the current frequency window now is
 --   (0..1), most players kept per source
--- ARGV[12..]: 5 per submission: nonce TTL (s), delta, IP ("" if unknown),
---   player, "1" if the device keys are real
+-- ARGV[12..]: 6 per submission: nonce TTL (s), delta, IP ("" if unknown),
+--   player, "1" if the device keys are real, claim value
 --
 -- Returns one array per submission: {status, ms to wait, history (as it was
 -- before, oldest first, flat: t_ms, delta, t_ms, delta, ...), the player's IPs,
@@ -32,7 +33,7 @@ local most = tonumber(ARGV[11])
 
 local out = {}
 for i = 0, #KEYS / 11 - 1 do
-    local k, a = i * 11, 12 + i * 5
+    local k, a = i * 11, 12 + i * 6
     local ip, user = ARGV[a + 2], ARGV[a + 3]
     local result = {0, 0, {}, 0, 0, 1, 0, 1}
     if redis.call('EXISTS', KEYS[k + 1]) == 1 then
@@ -49,7 +50,7 @@ for i = 0, #KEYS / 11 - 1 do
             if ip ~= '' then
                 gcra_spend(KEYS[k + 3], now, ip_interval)
             end
-            redis.call('SET', KEYS[k + 1], '1', 'EX', tonumber(ARGV[a]))
+            redis.call('SET', KEYS[k + 1], ARGV[a + 5], 'EX', tonumber(ARGV[a]))
             if score then
                 local held = redis.call('LRANGE', KEYS[k + 4], 0, keep - 1)
                 local flat = {}

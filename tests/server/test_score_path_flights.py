@@ -135,11 +135,21 @@ async def test_an_answer_after_the_deadline_is_dropped_and_a_late_failure_frees_
     late_fail, fail_nonce = parts.token()
     late_ok, _ = parts.token()
     answers: list[Ack | PodiumError] = []
+    both_answered = trio.Event()
+
+    def done(result: Ack | PodiumError) -> None:
+        answers.append(result)
+        if len(answers) == 2:
+            both_answered.set()
+
     async with trio.open_nursery() as nursery:
         await nursery.start(path.run)
-        start(path, late_fail, answers)
-        start(path, late_ok, answers)
-        await trio.sleep(TIMEOUT_S + 1)
+        began = trio.current_time()
+        for text in (late_fail, late_ok):
+            path.start(PLAYER, text, ip="10.0.0.1", user_agent="test", done=done)
+        with trio.fail_after(2 * TIMEOUT_S):  # virtual time: fails rather than hangs
+            await both_answered.wait()
+        assert trio.current_time() - began == TIMEOUT_S
         assert [a.code for a in answers if isinstance(a, PodiumError)] == ["commit_timeout"] * 2
         released_at_deadline = len(releases.nonces)
         # The ledger fails the first after all (its claim must be freed again:

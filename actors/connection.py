@@ -25,8 +25,8 @@ Heartbeats: every ``heartbeat_s`` the listener calls :meth:`ConnectionActor.hear
 ping frame like any other frame, and drops the peer (1001, cut after half a
 second) once it has sent nothing — no pong, no message — through two pings
 in a row. Inbound messages are rate limited (a token
-bucket): over the limit a message gets ``rate_limited``, and a client that
-keeps flooding is closed with 4008.
+bucket): over the limit a message gets ``rate_limited``, and a client refused
+more than ``FLOOD_LIMIT`` times within ``FLOOD_WINDOW_S`` is closed with 4008.
 
 *Error handling*: a bad frame gets its documented error (and close code
 where the protocol says so). Any other failure is the listener's to handle:
@@ -84,8 +84,13 @@ log = logging.getLogger(__name__)
 
 #: Submissions one socket may have in flight at once.
 MAX_IN_FLIGHT = 16
-#: Rate-limited messages in a row after which the client is closed as flooding.
+#: Refused (rate-limited) messages a client may send within FLOOD_WINDOW_S;
+#: the next is closed as flooding. Refusals drain a bucket of FLOOD_LIMIT that
+#: refills at FLOOD_LIMIT / FLOOD_WINDOW_S a second, so a client that goes on
+#: sending faster than that over the rate limit is closed, however many of its
+#: messages still get through, and a brief overshoot is only refused.
 FLOOD_LIMIT = 50
+FLOOD_WINDOW_S = 10.0
 #: A server's ping with no payload (unmasked, as a server's frames are).
 PING_FRAME = bytes((0x80 | 0x9, 0))
 _CLOSE_TIMEOUT_S = 5.0
@@ -194,7 +199,9 @@ class ConnectionActor:
         self._token: str | None = None
         self._claims: AccessClaims | None = None
         self._in_flight = 0
-        self._flooding = 0
+        self._refusals = TokenBucket(
+            rate_per_s=FLOOD_LIMIT / FLOOD_WINDOW_S, burst=FLOOD_LIMIT, now=clock()
+        )
         self._heartbeat_due = trio.current_time() + settings.ws_heartbeat_s
         self._pinged_at = -math.inf
         self._missed = 0
@@ -295,9 +302,9 @@ class ConnectionActor:
         settings = self._context.settings
         while self.closing is None:
             frame = await self._socket.get_message()
-            if not self._bucket.take(self._clock()):
-                self._flooding += 1
-                if self._flooding >= FLOOD_LIMIT:
+            now = self._clock()
+            if not self._bucket.take(now):
+                if not self._refusals.take(now):
                     self._send(Error(code="flooding", message="too many messages; closing"))
                     self.close_nowait(CloseCode.POLICY, "flooding")
                     return
@@ -309,7 +316,6 @@ class ConnectionActor:
                     )
                 )
                 continue
-            self._flooding = 0
             try:
                 message = self._session.check(
                     decode_client(

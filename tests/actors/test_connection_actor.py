@@ -1,22 +1,30 @@
-"""A connection actor that has ended — here, crashed — ignores what still reaches it.
+"""The connection actor with stand-ins for its socket and the rest of the node.
+
+A connection actor that has ended — here, crashed — ignores what still reaches it.
 
 Heartbeats come from the listener's one task for all sockets, and a
 submission's answer from whichever actor finishes it: both can reach an actor
 after it ended (the listener drops it from its set a moment later). The
 socket and the rest of the node are stand-ins; the actor over real sockets is
 tested in ``tests/server/test_ws.py``.
+
+Its flood rule, on a clock the test drives: a client that keeps going over
+the rate limit is closed, one that overshoots a little is only refused.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
-from actors.connection import ConnectionActor, ConnectionContext
+from actors.connection import FLOOD_LIMIT, ConnectionActor, ConnectionContext
 from config import Settings
 from protocol.errors import Unavailable
+from protocol.messages import CloseCode
 
 
 class BrokenSocket:
@@ -83,3 +91,84 @@ async def test_an_ended_actor_ignores_heartbeats_and_late_answers(
     actor._submitted("c1", Unavailable("late", code="commit_timeout"))
     assert len(frames.written) == written, "nothing is sent by an actor that has ended"
     assert counted == ["commit_timeout"]
+
+
+class ScriptedSocket:
+    """A client sending ``count`` pings, one every ``interval_s`` on the actor's clock."""
+
+    def __init__(self, clock: FakeClock, *, count: int, interval_s: float) -> None:
+        self._clock = clock
+        self._left = count
+        self._interval_s = interval_s
+        self.closed: list[int] = []
+
+    async def get_message(self) -> str:
+        if self._left == 0:
+            await trio.sleep_forever()
+        self._left -= 1
+        self._clock.now += self._interval_s
+        return '{"type": "ping"}'
+
+    async def aclose(self, code: int = 1000, reason: str | None = None) -> None:
+        self.closed.append(code)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def answers_to_pings(settings: Settings, *, count: int, rate_per_s: float) -> list[str]:
+    """What a client sending ``count`` pings at ``rate_per_s`` hears, and how it ends."""
+    clock = FakeClock()
+    socket = ScriptedSocket(clock, count=count, interval_s=1 / rate_per_s)
+    frames = Frames()
+    actor = ConnectionActor(
+        socket,
+        frames,
+        ConnectionContext(
+            settings=settings,
+            node_id="n",
+            auth=None,  # type: ignore[arg-type]
+            score_path=None,  # type: ignore[arg-type]
+            fanout=Fanout(),  # type: ignore[arg-type]
+            board=lambda board_id: None,
+            count_submission=lambda code: None,
+        ),
+        remote="10.0.0.1",
+        user_agent=None,
+        clock=clock,
+    )
+    with trio.move_on_after(5):  # the script ends in a fraction of that (autojump clock)
+        await actor.run()
+    heard = [json.loads(frame[2:] if frame[1] < 126 else frame[4:]) for frame in frames.written]
+    return [m.get("code", m["type"]) for m in heard[1:]] + [f"close {c}" for c in socket.closed]
+
+
+async def test_a_client_twice_over_the_limit_is_closed_as_flooding(
+    offline_settings: Settings, autojump_clock: trio.testing.MockClock
+) -> None:
+    # Half its messages still get through, so refusals never come 50 in a
+    # row; they come at 50 a second, ten times what the allowance refills.
+    settings = offline_settings.replace(ws_rate_per_s=50.0, ws_rate_burst=100)
+    heard = await answers_to_pings(settings, count=1000, rate_per_s=100.0)
+    assert heard[-2:] == ["flooding", f"close {CloseCode.POLICY}"]
+    # The allowance, plus its refill over the 1.1 s it took to use it up.
+    assert FLOOD_LIMIT <= heard.count("rate_limited") <= FLOOD_LIMIT + 6
+    assert heard.count("pong") > FLOOD_LIMIT, "many messages got through between refusals"
+    # The burst (100), then about 1.1 s of alternating: refused 50 + 5/s.
+    assert len(heard) < 400
+
+
+async def test_a_client_slightly_over_the_limit_is_only_refused(
+    offline_settings: Settings, autojump_clock: trio.testing.MockClock
+) -> None:
+    # 4 a second over the limit: refusals within the allowance's refill.
+    settings = offline_settings.replace(ws_rate_per_s=50.0, ws_rate_burst=100)
+    heard = await answers_to_pings(settings, count=3000, rate_per_s=54.0)
+    assert "flooding" not in heard and not any(h.startswith("close") for h in heard)
+    assert heard.count("rate_limited") > 2 * FLOOD_LIMIT, "refused, over a minute, many times"
+    assert len(heard) == 3000

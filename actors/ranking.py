@@ -26,9 +26,9 @@ import datetime as dt
 import logging
 import secrets
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, Literal, NamedTuple
 
 import outcome
@@ -47,6 +47,9 @@ _REBUILD_PAGE: Final = 5000
 _CATCH_UP_MARGIN: Final = dt.timedelta(seconds=10)
 _REBUILD_LOCK_TTL_S: Final = 120
 _IDLE_CHECK_S: Final = 1.0
+#: Nonce releases held for a later batch (queue full, Redis unreachable); beyond
+#: this many, a release is dropped and its nonce stays claimed until its TTL.
+_MAX_HELD_RELEASES: Final = 10_000
 
 
 class BoardKeys(NamedTuple):
@@ -135,12 +138,40 @@ class _ReadGroup:
 _Request = _Apply | _Release | _Read | _Snapshot | _Visibility | _Commands | _RebuildBoard
 
 
+@dataclass(eq=False, slots=True)
+class RankingInbox:
+    """The actor's queue, made apart from it so it survives restarts
+    (:meth:`RankingActor.open_inbox`), and the nonce releases it holds.
+
+    A release that finds the queue full, or whose batch Redis did not run,
+    waits in ``held`` for the actor's next batch: a player whose submission
+    failed must be able to retry the token, not hear 409 for a score that
+    was never applied. Bounded by ``_MAX_HELD_RELEASES``.
+    """
+
+    receive: trio.MemoryReceiveChannel[_Request]
+    held: deque[_Release] = field(default_factory=deque)
+    dropped: int = 0
+
+    def hold(self, release: _Release) -> None:
+        if len(self.held) >= _MAX_HELD_RELEASES:
+            self.dropped += 1
+            log.warning(
+                "nonce release dropped: too many held; the token stays used until it expires",
+                extra={"held": len(self.held)},
+            )
+            return
+        self.held.append(release)
+
+
 @dataclass(frozen=True, slots=True)
 class RankingStatistics:
     rebuilding: bool
     rebuilds: int
     batches: int
     queued: int
+    releases_held: int
+    releases_dropped: int
 
 
 @dataclass(slots=True)
@@ -160,7 +191,7 @@ class RankingActor:
         boards: Callable[[], Sequence[Board]],
         key_prefix: str,
         publish_top_n: int,
-        inbox: trio.MemoryReceiveChannel[Any],
+        inbox: RankingInbox,
         node_id: str,
     ) -> None:
         self._redis = redis
@@ -169,7 +200,8 @@ class RankingActor:
         self._keys = Keys(key_prefix)
         self._top_n = publish_top_n
         self._node_id = node_id
-        self._receive: trio.MemoryReceiveChannel[_Request] = inbox
+        self._inbox = inbox
+        self._receive = inbox.receive
         self._rebuilding = False
         self._epoch: str | None = None
         self._missed_since: dt.datetime | None = None
@@ -187,15 +219,16 @@ class RankingActor:
             rebuilds=self._counters.rebuilds,
             batches=self._counters.batches,
             queued=self._receive.statistics().current_buffer_used,
+            releases_held=len(self._inbox.held),
+            releases_dropped=self._inbox.dropped,
         )
 
     @staticmethod
-    def open_inbox(
-        queue_size: int, *, timeout_s: float
-    ) -> tuple[RankingClient, trio.MemoryReceiveChannel[Any]]:
+    def open_inbox(queue_size: int, *, timeout_s: float) -> tuple[RankingClient, RankingInbox]:
         """The actor's inbox, made apart from it so it survives restarts: (client, inbox)."""
         send, receive = trio.open_memory_channel[_Request](queue_size)
-        return RankingClient(send, timeout_s), receive
+        inbox = RankingInbox(receive)
+        return RankingClient(send, timeout_s, hold=inbox.hold), inbox
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Rebuild, report ready, then serve requests until cancelled.
@@ -227,6 +260,9 @@ class RankingActor:
                         batch.append(self._receive.receive_nowait())
                     except trio.WouldBlock:
                         break
+                held = self._inbox.held
+                while held and len(batch) < _MAX_BATCH:
+                    batch.append(held.popleft())
                 await self._execute(batch)
 
     # ---- one batch, one round trip
@@ -250,7 +286,7 @@ class RankingActor:
                 commands.append(
                     Script("release_claim", [self._keys.nonce(request.nonce)], [request.claim])
                 )
-                plan.append((None, 1))
+                plan.append((request, 1))
             elif isinstance(request, _Snapshot):
                 if self._rebuilding:
                     answer(request.reply, outcome.Error(_rebuilding()))
@@ -366,8 +402,9 @@ class RankingActor:
             for request, rank in zip(target, ranks, strict=True):
                 shown = None if rank is None or rank < 0 else int(rank) + 1
                 answer(request.reply, outcome.Value((request.result, shown)))
-        elif target is None:
-            pass  # a release: nobody waits for it
+        elif isinstance(target, _Release):
+            if isinstance(result, CommandError):  # nobody waits for it: say so here
+                log.error("giving a nonce claim back failed: %s", result.message)
         elif isinstance(target, _Snapshot):
             seq, rows = target_result = result
             if isinstance(rows, CommandError) or isinstance(seq, CommandError):
@@ -411,7 +448,9 @@ class RankingActor:
             elif isinstance(target, _ReadGroup):
                 for request in target.requests:
                     answer(request.reply, outcome.Error(error))
-            elif target is not None:  # None: a release, which nobody waits for
+            elif isinstance(target, _Release):
+                self._inbox.hold(target)  # tried again in the next batch
+            else:
                 answer(target.reply, outcome.Error(error))
 
     def _note_missed(self) -> None:
@@ -578,9 +617,16 @@ class RankingClient:
     mid-batch loses that batch's replies, and its requesters get 503.
     """
 
-    def __init__(self, inbox: trio.MemorySendChannel[_Request], timeout_s: float) -> None:
+    def __init__(
+        self,
+        inbox: trio.MemorySendChannel[_Request],
+        timeout_s: float,
+        *,
+        hold: Callable[[_Release], None],
+    ) -> None:
         self._inbox = inbox
         self._timeout_s = timeout_s
+        self._hold = hold
 
     def _put(self, request: _Request) -> None:
         try:
@@ -617,9 +663,13 @@ class RankingClient:
 
     def release_nonce_nowait(self, nonce: str, claim: str) -> None:
         """Give back the claim ``claim`` on ``nonce``, whose submission did not commit,
-        unless another attempt holds the nonce by now (best effort)."""
-        with contextlib.suppress(trio.WouldBlock):
-            self._inbox.send_nowait(_Release(nonce, claim))
+        unless another attempt holds the nonce by now. Never waits: with the
+        queue full, the actor's next batch takes it (:class:`RankingInbox`)."""
+        release = _Release(nonce, claim)
+        try:
+            self._inbox.send_nowait(release)
+        except trio.WouldBlock:
+            self._hold(release)
 
     async def top(
         self, board: Board, *, offset: int, limit: int, after_user: str = ""

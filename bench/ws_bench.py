@@ -36,8 +36,10 @@ Modes:
   CPU while idle (heartbeats), and whether it kept every connection.
 * ``ws-submit`` — S sockets (``--sockets``, 64), each signed in as its own
   player, each submitting action tokens (minted ahead, locally, with the
-  node's action key) in a closed loop with :mod:`server.client`: accepted
-  per second, p50/p99 ack latency, CPU. The node's WebSocket rate limit is
+  node's action key, and framed) in a closed loop, one submission in flight
+  per socket, all sockets read by one epoll task per load process (lean, as
+  the fan-out's watchers; :class:`SubmitLoad`): accepted per second,
+  p50/p99 ack latency, CPU. The node's WebSocket rate limit is
   raised out of the way (``--node-env`` can put it back).
 
 The machine's cores are shared by the node, Redis, PostgreSQL, the load
@@ -73,7 +75,6 @@ from typing import Any, Final, TypeVar
 
 import httpx
 import trio
-import trio_websocket
 
 from bench import http_bench, ws_frames
 from bench.common import (
@@ -131,7 +132,6 @@ from bench.ws_frames import (
     text_frame,
 )
 from protocol import action_token
-from server.client import ClientError, ConnectionClosed, PodiumClient, open_client
 from server.embedded import free_port, open_embedded_postgres, open_embedded_redis
 
 MODES: Final = ("fanout", "ws-submit")
@@ -568,25 +568,50 @@ async def open_socket(
     return ws
 
 
+@dataclass(eq=False)
+class _Submitter:
+    """One signed-in socket of :class:`SubmitLoad` and its one submission in flight."""
+
+    ws: ws_frames.ClientSocket
+    user_id: str
+    frames: list[bytes]  # pre-built submit frames, the next one last
+    sent: int = 0  # the id of the submission in flight (ids count from 1)
+    began: float = 0.0  # perf_counter() when it was sent
+    done: bool = False
+
+
 class SubmitLoad:
-    """S signed-in sockets, each submitting its own player's tokens in a closed loop."""
+    """S signed-in sockets, each submitting its own player's tokens in a closed loop.
+
+    As lean per submission as :class:`WatchLoad` is per frame, since the load
+    shares the machine with the node: the tokens are minted and framed
+    (masked, with ids 1, 2, ...) before the window, and once the sockets are
+    signed in one task, :meth:`pump`, waits on an epoll set of all of them.
+    For each socket ready it reads once; an ``ack`` or ``error`` carrying the
+    id in flight ends that submission, and the socket's next frame goes out
+    at once (the socket's send buffer is empty: it has nothing else in
+    flight). A submission unanswered for ``REQUEST_TIMEOUT_S`` counts as
+    ``timeout`` and the socket goes on; its answer, if it comes, is ignored.
+    Pings are answered with a pong; a close ends that socket.
+    """
 
     def __init__(self, spec: dict[str, Any]) -> None:
         self.spec = spec
         users = [(str(u), str(t)) for u, t in spec["users"]]
         self.users = users
         self.random = random.Random(int(spec["seed"]))
-        per_socket = -(-int(spec["token_budget"]) // max(1, len(users)))
-        self.pools = [[self._mint(u) for _ in range(per_socket)] for u, _ in users]
+        self.per_socket = -(-int(spec["token_budget"]) // max(1, len(users)))
         self.inline = 0
         self.codes: Counter[str] = Counter()
         self.latencies_ms: list[float] = []
         self.warmup = self.late = 0
         self.closes: Counter[str] = Counter()
         self.failures: Counter[str] = Counter()
-        self.connected = 0
+        self.sockets: list[ws_frames.ClientSocket] = []
+        self.submitters: dict[int, _Submitter] = {}  # by file descriptor
+        self.active = 0  # submitters not done
         self.ready = _Ready(len(users))
-        self.go = trio.Event()
+        self.poller = select.epoll()
         self.start = self.end = 0.0
 
     def _mint(self, user_id: str) -> str:
@@ -602,64 +627,149 @@ class SubmitLoad:
         )
         return token
 
-    async def socket(self, index: int) -> None:
+    @staticmethod
+    def _frame(message_id: int, token: str) -> bytes:
+        return text_frame(json.dumps({"type": "submit", "id": message_id, "action_token": token}))
+
+    @property
+    def connected(self) -> int:
+        return len(self.submitters)
+
+    async def client(self, index: int, limiter: trio.Semaphore) -> None:
+        """Sign socket ``index`` in and frame its tokens; the pump takes it from there."""
         user_id, jwt = self.users[index]
-        pool = self.pools[index]
-        pool.reverse()
-        up = False
+        frames = [self._frame(i + 1, self._mint(user_id)) for i in range(self.per_socket)]
+        frames.reverse()
         try:
-            async with open_client(
-                self.spec["url"], token=jwt, connect_timeout_s=CONNECT_TIMEOUT_S
-            ) as client:
-                up = True
-                self.connected += 1
-                self.ready.tick()
-                await self.go.wait()
-                await self._loop(client, user_id, pool)
-        except (ClientError, ConnectionClosed, trio_websocket.HandshakeError, OSError) as exc:
-            if up:
-                sample_error(self.failures, f"after connecting: {type(exc).__name__}: {exc}")
-            else:
-                sample_error(self.failures, f"{type(exc).__name__}: {exc}")
-                self.ready.tick()
+            with trio.fail_after(CONNECT_TIMEOUT_S):
+                async with limiter:
+                    ws = await open_socket(self.spec["url"], jwt, self.sockets)
+        except SETUP_FAILURES as exc:
+            sample_error(self.failures, f"{type(exc).__name__}: {exc}")
+            self.ready.tick()
+            return
+        if ws.backlog:
+            sample_error(self.failures, "a message before the first submission")
+        fd = ws.raw.fileno()
+        self.submitters[fd] = _Submitter(ws, user_id, frames)
+        self.poller.register(fd, select.EPOLLIN)
+        self.ready.tick()
 
-    async def _loop(self, client: PodiumClient, user_id: str, pool: list[str]) -> None:
-        monotonic, perf_counter = time.monotonic, time.perf_counter
-        start, end = self.start, self.end
-        while monotonic() < end:
-            if pool:
-                token = pool.pop()
-            else:
-                self.inline += 1
-                token = self._mint(user_id)
-            began = perf_counter()
-            try:
-                with trio.fail_after(REQUEST_TIMEOUT_S):
-                    await client.submit(token)
-                code = "ok"
-            except ClientError as exc:
-                code = exc.code
-            except trio.TooSlowError:
-                code = "timeout"
-            except ConnectionClosed as exc:
-                self.closes[str(exc.code)] += 1
+    def _send_next(self, sub: _Submitter) -> None:
+        if time.monotonic() >= self.end:
+            self._done(sub)  # the window is over: this socket stops
+            return
+        if sub.frames:
+            frame = sub.frames.pop()
+        else:
+            self.inline += 1
+            frame = self._frame(sub.sent + 1, self._mint(sub.user_id))
+        sub.sent += 1
+        sub.began = time.perf_counter()
+        if not sub.ws.send_nowait(frame):
+            sample_error(self.failures, "after connecting: a submission did not fit the socket")
+            self._drop(sub, ws_frames.ABNORMAL)
+
+    def _answered(self, sub: _Submitter, code: str) -> None:
+        elapsed = time.perf_counter() - sub.began
+        done = time.monotonic()
+        if done < self.start:
+            self.warmup += 1
+        elif done < self.end:
+            self.codes[code] += 1
+            if code == "ok":
+                self.latencies_ms.append(elapsed * 1000.0)
+        else:
+            self.late += 1
+        self._send_next(sub)
+
+    async def pump(self) -> None:
+        """Start every socket's loop, then serve them until every one is done."""
+        self.active = len(self.submitters)
+        for sub in list(self.submitters.values()):
+            self._send_next(sub)
+        poll, submitters = self.poller.poll, self.submitters
+        epoll_fd = self.poller.fileno()
+        while self.active:
+            with trio.move_on_after(1.0):
+                await trio.lowlevel.wait_readable(epoll_fd)
+            for fd, _ in poll(0):
+                ready = submitters.get(fd)
+                if ready is None:
+                    continue
+                sub = ready
+                try:
+                    data = sub.ws.raw.recv(RECV_BYTES)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    data = b""  # reset: as good as EOF
+                if not data:
+                    self._drop(sub, ws_frames.ABNORMAL)
+                    continue
+                try:
+                    messages = sub.ws.reader.feed(data)
+                except ws_frames.FrameError as exc:
+                    sample_error(self.failures, f"after connecting: FrameError: {exc}")
+                    self._drop(sub, 1002)
+                    continue
+                self._take(sub, messages)
+            now = time.perf_counter()
+            for sub in list(submitters.values()):
+                if not sub.done and now - sub.began > REQUEST_TIMEOUT_S:
+                    self._answered(sub, "timeout")
+
+    def _take(self, sub: _Submitter, messages: list[Message]) -> None:
+        for opcode, payload in messages:
+            if opcode == OP_TEXT:
+                answer = json.loads(payload)
+                if answer.get("id") != sub.sent or sub.done:
+                    continue  # a late answer to a submission counted as a timeout
+                kind = answer.get("type")
+                self._answered(sub, "ok" if kind == "ack" else str(answer.get("code", kind)))
+            elif opcode == OP_PING:
+                if not sub.ws.send_nowait(client_frame(OP_PONG, payload)):
+                    sample_error(self.failures, "after connecting: could not send a pong")
+                    self._drop(sub, ws_frames.ABNORMAL)
+                    return
+            elif opcode == OP_CLOSE:
+                try:
+                    code = close_code(payload)
+                except ws_frames.FrameError:
+                    code = 1002
+                sub.ws.close_sent = sub.ws.close_sent or sub.ws.send_nowait(
+                    client_frame(OP_CLOSE, close_payload(reply_code(code)))
+                )
+                self._drop(sub, code)
                 return
-            elapsed = perf_counter() - began
-            done = monotonic()
-            if done < start:
-                self.warmup += 1
-            elif done < end:
-                self.codes[code] += 1
-                if code == "ok":
-                    self.latencies_ms.append(elapsed * 1000.0)
-            else:
-                self.late += 1
 
-    def result(self) -> dict[str, Any]:
+    def _drop(self, sub: _Submitter, code: int) -> None:
+        """The socket ended with ``code`` before the window was over: stop polling it."""
+        if not sub.done:
+            self.closes[str(code)] += 1
+            self._done(sub)
+        fd = sub.ws.raw.fileno()
+        if self.submitters.pop(fd, None) is not None:
+            self.poller.unregister(fd)
+        sub.ws.abort()
+
+    def _done(self, sub: _Submitter) -> None:
+        sub.done = True
+        self.active -= 1
+
+    async def close_all(self) -> None:
+        """Close every socket with 1000 (bounded); the pump must have stopped."""
+        for fd in self.submitters:
+            self.poller.unregister(fd)
+        trio.lowlevel.notify_closing(self.poller.fileno())
+        self.poller.close()
+        await close_sockets(self.sockets)
+
+    def result(self, connected: int) -> dict[str, Any]:
         return {
             "pid": os.getpid(),
             "sockets": len(self.users),
-            "connected": self.connected,
+            "connected": connected,
             "failure_samples": dict(self.failures),
             "codes": dict(self.codes),
             "latencies_ms": [round(x, 3) for x in self.latencies_ms],
@@ -679,18 +789,20 @@ async def load_async(spec: dict[str, Any]) -> dict[str, Any]:
     if spec["kind"] == "submit":
         sub = SubmitLoad(spec)
         async with trio.open_nursery() as nursery:
+            limiter = trio.Semaphore(int(spec.get("connect_concurrency", 64)))
             for i in range(len(sub.users)):
-                nursery.start_soon(sub.socket, i)
+                nursery.start_soon(sub.client, i, limiter)
             with trio.fail_after(LOAD_READY_TIMEOUT_S):
                 await sub.ready.event.wait()
-            _say("ready " + json.dumps({"connected": sub.connected}))
-            sub.start, sub.end = await read_go("ws_bench load", LOAD_READY_TIMEOUT_S)
-            sub.go.set()
-            # Each loop stops sending at END; this bounds the last replies.
-            nursery.cancel_scope.deadline = trio.current_time() + (
-                sub.end - time.monotonic() + REQUEST_TIMEOUT_S + CLOSE_TIMEOUT_S
-            )
-        return sub.result()
+        connected = sub.connected
+        _say("ready " + json.dumps({"connected": connected}))
+        sub.start, sub.end = await read_go("ws_bench load", LOAD_READY_TIMEOUT_S)
+        # Every loop stops sending at END; a last answer takes at most REQUEST_TIMEOUT_S.
+        with trio.move_on_after(sub.end - time.monotonic() + REQUEST_TIMEOUT_S + 1):
+            await sub.pump()
+        result = sub.result(connected)
+        await sub.close_all()
+        return result
 
     load = WatchLoad(spec)
     async with trio.open_nursery() as nursery:
@@ -1494,8 +1606,9 @@ def header(opts: Options, machine: dict[str, Any], nofile: tuple[int, int]) -> s
     driver: list[str] = []
     if opts.mode == "ws-submit":
         load = (
-            f"{opts.procs} process(es), {opts.sockets} signed-in sockets, closed loop over "
-            f"server.client, 127.0.0.1 only; WS rate limit raised to {WIDE_OPEN}/s"
+            f"{opts.procs} process(es), {opts.sockets} signed-in sockets, closed loop, "
+            "raw frames (bench/ws_frames.py) read by one epoll task per process, "
+            f"127.0.0.1 only; WS rate limit raised to {WIDE_OPEN}/s"
         )
         what = "Podium WebSocket benchmark: ws-submit"
     elif opts.idle:

@@ -12,6 +12,7 @@ so a batch meant for the set form that fell back to the loop fails.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import uuid
 from typing import Any
@@ -200,3 +201,48 @@ async def test_the_set_form_answers_and_changes_what_the_loop_does(database: str
         "score_out_of_range",
     }, seen
     assert seen["ok"] > sum(seen.values()) / 3, seen
+
+
+async def race(dsn: str) -> tuple[list[Any], list[Any], tuple[int, int]]:
+    """Two batches score one new player at once: the second waits for the first's
+    placeholder, then takes the record it committed."""
+    first, second, watcher = [await asyncpg.connect(dsn) for _ in range(3)]
+    try:
+        user = await first.fetchval("INSERT INTO users (username) VALUES ('new') RETURNING id")
+
+        def one(delta: int) -> tuple[list[Any], ...]:
+            return (
+                [user], ["global"], [delta], ["score"], [b"h" * 32], [uuid.uuid4().hex],
+                [None], [None],
+            )  # fmt: skip
+
+        call = CALL.format(fn="podium_apply_scores")
+        async with first.transaction():
+            ahead = await first.fetch(call, *one(5))
+            behind = asyncio.ensure_future(second.fetch(call, *one(7)))
+            # Until the second batch queues on the first one's lock (PostgreSQL
+            # says so only through pg_locks).
+            async with asyncio.timeout(10):
+                waiting = "SELECT count(*) FROM pg_locks WHERE NOT granted"
+                while not await watcher.fetchval(waiting):  # noqa: ASYNC110
+                    await asyncio.sleep(0.01)
+        after = await behind
+        record = await watcher.fetchrow(
+            "SELECT score, version FROM leaderboard_records WHERE user_id = $1", user
+        )
+        return list(ahead), list(after), (record["score"], record["version"])
+    finally:
+        for conn in (first, second, watcher):
+            await conn.close()
+
+
+async def test_a_player_scored_by_two_batches_at_once_gets_both(database: str) -> None:
+    async with trio_asyncio.open_loop():
+        ahead, after, record = await trio_asyncio.aio_as_trio(race)(database)
+    assert [(r["status"], r["old_score"], r["new_score"], r["version"]) for r in ahead] == [
+        ("ok", 0, 5, 1)
+    ]
+    assert [(r["status"], r["old_score"], r["new_score"], r["version"]) for r in after] == [
+        ("ok", 5, 12, 2)
+    ]
+    assert record == (12, 2)

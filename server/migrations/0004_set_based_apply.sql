@@ -3,11 +3,14 @@
 -- submission. Same signature, results and effects as the per-item loop of
 -- 0002, which stays as podium_apply_scores_serial.
 --
--- The loop still takes a batch the set form does not express simply: two
--- items on one record or with one nonce (their order matters), or a delta
--- beyond the range Redis ranks exactly. Such batches are rare: a batch holds
--- a few milliseconds of submissions, and a player's next one usually waits
--- for the answer to the last.
+-- The loop still takes a batch of fewer than four (at low rates, where it is
+-- cheaper: the set form's fixed cost is a few more statements), and one the
+-- set form does not express simply: two items on one record or with one
+-- nonce (their order matters), or a delta beyond the range Redis ranks
+-- exactly. Those are rare: a batch holds a few milliseconds of submissions,
+-- and a player's next one usually waits for the answer to the last. Plans
+-- are generic (made once per session): planning the statements anew for
+-- every call cost more than running them.
 --
 -- Locks are taken as the loop takes them: records in (leaderboard, user)
 -- order, the order the caller sorts the batch in (code point order: COLLATE
@@ -42,7 +45,7 @@ CREATE FUNCTION podium_apply_scores(
     period     bigint,
     sort_order text,
     username   text
-) LANGUAGE plpgsql AS $$
+) LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
 #variable_conflict use_column
 DECLARE
     n          integer := coalesce(array_length(p_user_ids, 1), 0);
@@ -66,7 +69,8 @@ BEGIN
     IF n = 0 THEN
         RETURN;
     END IF;
-    IF (SELECT count(DISTINCT (b, u)) FROM unnest(p_boards, p_user_ids) AS t (b, u)) < n
+    IF n < 4
+       OR (SELECT count(DISTINCT (b, u)) FROM unnest(p_boards, p_user_ids) AS t (b, u)) < n
        OR (SELECT count(DISTINCT x) FROM unnest(p_nonces) AS x) < n
        OR EXISTS (SELECT 1 FROM unnest(p_deltas) AS d WHERE d NOT BETWEEN -v_max AND v_max)
     THEN

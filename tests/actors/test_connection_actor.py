@@ -15,6 +15,8 @@ the rate limit is closed, one that overshoots a little is only refused.
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -60,14 +62,17 @@ class Fanout:
         pass
 
 
-async def test_an_ended_actor_ignores_heartbeats_and_late_answers(
-    offline_settings: Settings,
-) -> None:
-    settings = offline_settings.replace(ws_heartbeat_s=1.0)
-    frames = Frames()
-    counted: list[str] = []
-    actor = ConnectionActor(
-        BrokenSocket(),
+def offline_actor(
+    socket: Any,
+    frames: Frames,
+    settings: Settings,
+    *,
+    count_submission: Callable[[str], None] = lambda code: None,
+    clock: Callable[[], float] = time.monotonic,
+) -> ConnectionActor:
+    """An actor on ``socket`` with no auth, score path or fan-out behind it."""
+    return ConnectionActor(
+        socket,
         frames,
         ConnectionContext(
             settings=settings,
@@ -76,11 +81,21 @@ async def test_an_ended_actor_ignores_heartbeats_and_late_answers(
             score_path=None,  # type: ignore[arg-type]
             fanout=Fanout(),  # type: ignore[arg-type]
             board=lambda board_id: None,
-            count_submission=counted.append,
+            count_submission=count_submission,
         ),
         remote="10.0.0.1",
         user_agent=None,
+        clock=clock,
     )
+
+
+async def test_an_ended_actor_ignores_heartbeats_and_late_answers(
+    offline_settings: Settings,
+) -> None:
+    settings = offline_settings.replace(ws_heartbeat_s=1.0)
+    frames = Frames()
+    counted: list[str] = []
+    actor = offline_actor(BrokenSocket(), frames, settings, count_submission=counted.append)
     with pytest.raises(ExceptionGroup) as failed:
         await actor.run()
     assert failed.group_contains(RuntimeError, match="a bug while reading")
@@ -126,22 +141,7 @@ async def answers_to_pings(settings: Settings, *, count: int, rate_per_s: float)
     clock = FakeClock()
     socket = ScriptedSocket(clock, count=count, interval_s=1 / rate_per_s)
     frames = Frames()
-    actor = ConnectionActor(
-        socket,
-        frames,
-        ConnectionContext(
-            settings=settings,
-            node_id="n",
-            auth=None,  # type: ignore[arg-type]
-            score_path=None,  # type: ignore[arg-type]
-            fanout=Fanout(),  # type: ignore[arg-type]
-            board=lambda board_id: None,
-            count_submission=lambda code: None,
-        ),
-        remote="10.0.0.1",
-        user_agent=None,
-        clock=clock,
-    )
+    actor = offline_actor(socket, frames, settings, clock=clock)
     with trio.move_on_after(5):  # the script ends in a fraction of that (autojump clock)
         await actor.run()
     heard = [json.loads(frame[2:] if frame[1] < 126 else frame[4:]) for frame in frames.written]

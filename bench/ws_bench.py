@@ -68,7 +68,7 @@ import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -402,24 +402,12 @@ class WatchLoad:
             await trio.lowlevel.wait_readable(epoll_fd)
             for fd, _ in poll(0):
                 ws, watch = polled[fd]
-                try:
-                    data = ws.raw.recv(RECV_BYTES)
-                except BlockingIOError:
-                    continue
-                except OSError:
-                    data = b""  # reset: as good as EOF
+                got = read_ready(ws, self.failures)
                 now = monotonic()
-                if not data:
-                    self._drop(ws, watch, ws_frames.ABNORMAL)
-                    continue
-                try:
-                    messages = ws.reader.feed(data)
-                except ws_frames.FrameError as exc:
-                    # What trio-websocket would have closed with: a protocol error.
-                    sample_error(self.failures, f"after connecting: FrameError: {exc}")
-                    self._drop(ws, watch, 1002)
-                    continue
-                self._take(ws, watch, messages, now)
+                if isinstance(got, int):
+                    self._drop(ws, watch, got)
+                elif got is not None:
+                    self._take(ws, watch, got, now)
 
     def _take(
         self, ws: ws_frames.ClientSocket, watch: _Watch, messages: list[Message], now: float
@@ -434,22 +422,8 @@ class WatchLoad:
                         number = unique[payload] = len(unique)
                     watch.times.append(now)
                     watch.frames.append(number)
-            elif opcode == OP_PING:
-                # The node's heartbeat. Nothing else writes to this socket once it is set
-                # up, and a pong is tiny: the socket's empty send buffer takes it whole.
-                if not ws.send_nowait(client_frame(OP_PONG, payload)):
-                    sample_error(self.failures, "after connecting: could not send a pong")
-                    self._drop(ws, watch, ws_frames.ABNORMAL)
-                    return False
-            elif opcode == OP_CLOSE:
-                try:
-                    code = close_code(payload)
-                except ws_frames.FrameError:
-                    code = 1002
-                ws.close_sent = ws.close_sent or ws.send_nowait(
-                    client_frame(OP_CLOSE, close_payload(reply_code(code)))
-                )
-                self._drop(ws, watch, code)
+            elif (ended := answer_control(ws, opcode, payload, self.failures)) is not None:
+                self._drop(ws, watch, ended)
                 return False
         return True
 
@@ -505,12 +479,61 @@ class WatchLoad:
 
         The pump must have stopped: a socket has one reader.
         """
-        for fd in self.polled:
-            self.poller.unregister(fd)
+        await close_polled(self.poller, self.polled, self.sockets)
         self.polled.clear()
-        trio.lowlevel.notify_closing(self.poller.fileno())
-        self.poller.close()
-        await close_sockets(self.sockets)
+
+
+def read_ready(ws: ws_frames.ClientSocket, failures: Counter[str]) -> list[Message] | int | None:
+    """Read a socket epoll said was readable, once: its complete messages (maybe none),
+    None if there was nothing after all, or the close code it ended with (1006 for
+    EOF or a reset; 1002, what trio-websocket would close with, for a bad frame)."""
+    try:
+        data = ws.raw.recv(RECV_BYTES)
+    except BlockingIOError:
+        return None
+    except OSError:
+        data = b""  # reset: as good as EOF
+    if not data:
+        return ws_frames.ABNORMAL
+    try:
+        return ws.reader.feed(data)
+    except ws_frames.FrameError as exc:
+        sample_error(failures, f"after connecting: FrameError: {exc}")
+        return 1002
+
+
+def answer_control(
+    ws: ws_frames.ClientSocket, opcode: int, payload: bytes, failures: Counter[str]
+) -> int | None:
+    """Answer a ping with a pong and a close with a close frame; the close code the
+    socket ended with, or None while it goes on (for any other message too)."""
+    if opcode == OP_PING:
+        # The node's heartbeat. Nothing else is in flight on the socket but a small
+        # frame at most, and a pong is tiny: the socket's send buffer takes it whole.
+        if not ws.send_nowait(client_frame(OP_PONG, payload)):
+            sample_error(failures, "after connecting: could not send a pong")
+            return ws_frames.ABNORMAL
+    elif opcode == OP_CLOSE:
+        try:
+            code = close_code(payload)
+        except ws_frames.FrameError:
+            code = 1002
+        ws.close_sent = ws.close_sent or ws.send_nowait(
+            client_frame(OP_CLOSE, close_payload(reply_code(code)))
+        )
+        return code
+    return None
+
+
+async def close_polled(
+    poller: select.epoll, polled: Iterable[int], sockets: Sequence[ws_frames.ClientSocket]
+) -> None:
+    """Stop polling (``polled``: the registered descriptors) and close ``sockets``."""
+    for fd in list(polled):
+        poller.unregister(fd)
+    trio.lowlevel.notify_closing(poller.fileno())
+    poller.close()
+    await close_sockets(sockets)
 
 
 async def close_sockets(sockets: Sequence[ws_frames.ClientSocket]) -> None:
@@ -697,23 +720,11 @@ class SubmitLoad:
                 ready = submitters.get(fd)
                 if ready is None:
                     continue
-                sub = ready
-                try:
-                    data = sub.ws.raw.recv(RECV_BYTES)
-                except BlockingIOError:
-                    continue
-                except OSError:
-                    data = b""  # reset: as good as EOF
-                if not data:
-                    self._drop(sub, ws_frames.ABNORMAL)
-                    continue
-                try:
-                    messages = sub.ws.reader.feed(data)
-                except ws_frames.FrameError as exc:
-                    sample_error(self.failures, f"after connecting: FrameError: {exc}")
-                    self._drop(sub, 1002)
-                    continue
-                self._take(sub, messages)
+                got = read_ready(ready.ws, self.failures)
+                if isinstance(got, int):
+                    self._drop(ready, got)
+                elif got is not None:
+                    self._take(ready, got)
             now = time.perf_counter()
             for sub in list(submitters.values()):
                 if not sub.done and now - sub.began > REQUEST_TIMEOUT_S:
@@ -727,20 +738,8 @@ class SubmitLoad:
                     continue  # a late answer to a submission counted as a timeout
                 kind = answer.get("type")
                 self._answered(sub, "ok" if kind == "ack" else str(answer.get("code", kind)))
-            elif opcode == OP_PING:
-                if not sub.ws.send_nowait(client_frame(OP_PONG, payload)):
-                    sample_error(self.failures, "after connecting: could not send a pong")
-                    self._drop(sub, ws_frames.ABNORMAL)
-                    return
-            elif opcode == OP_CLOSE:
-                try:
-                    code = close_code(payload)
-                except ws_frames.FrameError:
-                    code = 1002
-                sub.ws.close_sent = sub.ws.close_sent or sub.ws.send_nowait(
-                    client_frame(OP_CLOSE, close_payload(reply_code(code)))
-                )
-                self._drop(sub, code)
+            elif (ended := answer_control(sub.ws, opcode, payload, self.failures)) is not None:
+                self._drop(sub, ended)
                 return
 
     def _drop(self, sub: _Submitter, code: int) -> None:
@@ -759,11 +758,7 @@ class SubmitLoad:
 
     async def close_all(self) -> None:
         """Close every socket with 1000 (bounded); the pump must have stopped."""
-        for fd in self.submitters:
-            self.poller.unregister(fd)
-        trio.lowlevel.notify_closing(self.poller.fileno())
-        self.poller.close()
-        await close_sockets(self.sockets)
+        await close_polled(self.poller, self.submitters, self.sockets)
 
     def result(self, connected: int) -> dict[str, Any]:
         return {

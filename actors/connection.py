@@ -8,6 +8,13 @@ HTTP, answering each with ``ack`` or ``error`` carrying the client's id —
 from the score path's call back, with no task per submission;
 answers ``ping`` with ``pong``.
 
+Messages come in two ways, handled alike and in stream order: nearly all
+are split off the byte stream by the transport and handed to :meth:`_take`
+in its reader task, with no task switch
+(:meth:`server.ws_transport.WsTransport.deliver_to`); the rest — after a
+fragmented or otherwise unusual frame — come from trio-websocket through
+``get_message()``, which also tells the actor when the peer has gone.
+
 Everything the server sends goes through one bounded **outbox**, the
 socket's :class:`FrameWriter` (:class:`server.ws_transport.WsTransport`),
 which trio-websocket's own pings and close frames share, so frames leave in
@@ -39,7 +46,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
@@ -119,6 +126,8 @@ class FrameWriter(Protocol):
     last_received: float
 
     def write_nowait(self, frame: bytes) -> bool: ...
+
+    def deliver_to(self, sink: Callable[[str | bytes], Awaitable[None]] | None) -> None: ...
 
     async def run_flusher(self) -> None: ...
 
@@ -206,6 +215,7 @@ class ConnectionActor:
         self._pinged_at = -math.inf
         self._missed = 0
         self._nursery: trio.Nursery | None = None
+        self._failure: Exception | None = None  # what _take() caught, raised by run()
         self.closing: CloseCode | None = None
 
     @property
@@ -286,10 +296,13 @@ class ConnectionActor:
                 self._send(
                     Welcome(node_id=self._context.node_id, heartbeat_s=settings.ws_heartbeat_s)
                 )
+                self._frames.deliver_to(self._take)
                 task_status.started()
                 with _ends_on_close(self):
                     await self._read()
                 # _read returns once a close has begun; _close ends the nursery.
+            if self._failure is not None:
+                raise self._failure
         finally:
             # Ended, however it ended: heartbeats and late submission answers
             # that still reach this actor must find nothing to do.
@@ -299,37 +312,53 @@ class ConnectionActor:
             self._context.fanout.forget(self._watcher)
 
     async def _read(self) -> None:
-        settings = self._context.settings
+        """Messages that trio-websocket assembled (those the transport did not split off)."""
         while self.closing is None:
-            frame = await self._socket.get_message()
-            now = self._clock()
-            if not self._bucket.take(now):
-                if not self._refusals.take(now):
-                    self._send(Error(code="flooding", message="too many messages; closing"))
-                    self.close_nowait(CloseCode.POLICY, "flooding")
-                    return
-                self._send(
-                    Error(
-                        code="rate_limited",
-                        message=f"at most {settings.ws_rate_per_s:g} messages per second",
-                        id=_peek_id(frame),
-                    )
+            await self._receive(await self._socket.get_message())
+
+    async def _take(self, frame: str | bytes) -> None:
+        """A message the transport split off, in its reader task (the sink of
+        :meth:`server.ws_transport.WsTransport.deliver_to`): handled there and
+        then, in stream order with those :meth:`_read` takes. Never raises: a
+        failure ends this actor as if its own task had failed (1011)."""
+        if self.closing is not None or self._nursery is None:
+            return  # only what came before the close began is handled
+        try:
+            await self._receive(frame)
+        except Exception as exc:
+            self._failure = exc
+            self.closing = CloseCode.INTERNAL_ERROR  # the listener closes with 1011
+            self._nursery.cancel_scope.cancel()
+
+    async def _receive(self, frame: str | bytes) -> None:
+        settings = self._context.settings
+        now = self._clock()
+        if not self._bucket.take(now):
+            if not self._refusals.take(now):
+                self._send(Error(code="flooding", message="too many messages; closing"))
+                self.close_nowait(CloseCode.POLICY, "flooding")
+                return
+            self._send(
+                Error(
+                    code="rate_limited",
+                    message=f"at most {settings.ws_rate_per_s:g} messages per second",
+                    id=_peek_id(frame),
                 )
-                continue
-            try:
-                message = self._session.check(
-                    decode_client(
-                        frame,
-                        max_bytes=settings.ws_max_message_bytes,
-                        max_top=settings.ranking_publish_top_n,
-                    )
+            )
+            return
+        try:
+            message = self._session.check(
+                decode_client(
+                    frame,
+                    max_bytes=settings.ws_max_message_bytes,
+                    max_top=settings.ranking_publish_top_n,
                 )
-                await self._handle(message)
-            except ProtocolError as exc:
-                self._send(Error(code=exc.code, message=exc.message, id=exc.id))
-                if exc.close is not None:
-                    self.close_nowait(exc.close, exc.message[:120])
-                    return
+            )
+            await self._handle(message)
+        except ProtocolError as exc:
+            self._send(Error(code=exc.code, message=exc.message, id=exc.id))
+            if exc.close is not None:
+                self.close_nowait(exc.close, exc.message[:120])
 
     async def _handle(self, message: Any) -> None:
         match message:

@@ -56,6 +56,8 @@ from urllib.parse import urlsplit
 
 import trio
 
+from protocol.frames import mask
+
 #: RFC 6455 §1.3: appended to the key before hashing it into the accept value.
 GUID: Final = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -175,17 +177,6 @@ def check_upgrade_response(head: bytes, key: str, rest: bytes = b"") -> None:
 # ---------------------------------------------------------------- frames out
 
 
-def _mask(payload: bytes, key: bytes) -> bytes:
-    """``payload`` XOR the 4-byte ``key`` repeated, as one big-integer operation."""
-    n = len(payload)
-    if not n:
-        return b""
-    stream = (key * (n // 4 + 1))[:n]
-    return (int.from_bytes(payload, "little") ^ int.from_bytes(stream, "little")).to_bytes(
-        n, "little"
-    )
-
-
 def client_frame(opcode: int, payload: bytes = b"") -> bytes:
     """One final (unfragmented) frame from a client: masked with a random key (§5.3)."""
     if opcode not in _DATA_OPCODES and opcode not in _CONTROL_OPCODES:
@@ -201,7 +192,7 @@ def client_frame(opcode: int, payload: bytes = b"") -> bytes:
     else:
         head = _HEADER_64.pack(first, 0x80 | 127, length)
     key = os.urandom(4)
-    return head + key + _mask(payload, key)
+    return head + key + mask(payload, key)
 
 
 def text_frame(text: str | bytes) -> bytes:

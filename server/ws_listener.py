@@ -140,7 +140,12 @@ class WsListener:
         """One TCP connection: its transport, the opening handshake, then :meth:`_handle`."""
         settings = self._settings
         remote = _peer_address(stream)
-        transport = WsTransport(stream, max_frames=settings.ws_outbox_size)
+        transport = WsTransport(
+            stream,
+            max_frames=settings.ws_outbox_size,
+            # As trio-websocket's own limit below: past it, the library closes with 1009.
+            max_message_bytes=2 * settings.ws_max_message_bytes,
+        )
         async with trio.open_nursery() as reader:
             try:
                 request: WebSocketRequest | None = None
@@ -186,6 +191,7 @@ class WsListener:
             return
         connection = await request.accept()
         if self._draining.is_set():
+            transport.deliver_to(None)  # nobody will read what the client sends now
             await self._close(connection, CloseCode.DRAINING, "node draining")
             return
         self._connections.add(connection)

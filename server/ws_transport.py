@@ -16,6 +16,20 @@ never interleaved with another. Once a close frame has gone in that way,
 :meth:`~WsTransport.write_nowait` drops data frames, since nothing may follow
 a close frame.
 
+Reading has a fast path too. trio-websocket's reader task reads through
+:meth:`WsTransport.receive_some`; once the opening handshake is done, the
+transport splits the client's whole data messages off the byte stream itself
+(:class:`protocol.frames.ClientFrameSplitter`) and awaits, for each, the
+**message sink** the connection actor set with :meth:`WsTransport.deliver_to`
+— in that same task, with no parsing by wsproto and no hand-over through a
+channel. Only what is left (pings, pongs, a close frame, and every byte after
+anything unusual) reaches trio-websocket, which handles it as ever; a
+message it assembles from those reaches the actor through ``get_message()``.
+Messages that come before the sink is set wait for it, and so does reading;
+a sink of ``None`` drops them (a socket closed as soon as it opened). If the
+client sent anything after its handshake request before the response went
+out, wsproto may hold part of a frame, so that connection is not split at all.
+
 The transport also notes when the peer last sent anything
 (:attr:`WsTransport.last_received`): the listener's heartbeats
 (:class:`server.ws_listener.WsListener`) drop a peer that has been silent
@@ -43,17 +57,25 @@ from __future__ import annotations
 import contextlib
 import os
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from itertools import islice
 from typing import Final
 
 import trio
 
+from protocol.frames import ClientFrameSplitter
+
 _CLOSE_OPCODE: Final = 0x8
 _UPGRADED: Final = b"HTTP/1.1 101 "
 #: Buffers per writev(2); Linux takes up to 1024.
 _MAX_BUFFERS: Final = 256
+_HEAD_END: Final = b"\r\n\r\n"
+#: The most bytes of the opening handshake request kept to find where it ends.
+_MAX_HANDSHAKE_BYTES: Final = 65536
+
+#: Takes one whole data message off the fast path (text as str, binary as bytes).
+MessageSink = Callable[[str | bytes], Awaitable[None]]
 
 
 class _Control(bytes):
@@ -78,7 +100,9 @@ class WsTransport(trio.abc.HalfCloseableStream):
     :class:`trio.SocketListener` accepts); the transport owns it from now on.
     """
 
-    def __init__(self, stream: trio.SocketStream, *, max_frames: int) -> None:
+    def __init__(
+        self, stream: trio.SocketStream, *, max_frames: int, max_message_bytes: int
+    ) -> None:
         self.transport_stream = stream
         self._socket = stream.socket
         self._fd = stream.socket.fileno()
@@ -96,6 +120,11 @@ class WsTransport(trio.abc.HalfCloseableStream):
         self._broken = False
         #: trio.current_time() when the peer last sent bytes (or the transport was made).
         self.last_received = trio.current_time()
+        # Reading: the handshake request as read so far, then the splitter and the sink.
+        self._request: bytes | None = b""
+        self._splitter = ClientFrameSplitter(max_payload=max_message_bytes)
+        self._sink: MessageSink | None = None
+        self._sink_set = trio.Event()
 
     def statistics(self) -> WsTransportStatistics:
         return WsTransportStatistics(
@@ -170,6 +199,16 @@ class WsTransport(trio.abc.HalfCloseableStream):
             kept.appendleft(queue[0])
         self._queue = kept
 
+    def deliver_to(self, sink: MessageSink | None) -> None:
+        """Hand whole data messages to ``sink`` from now on (``None``: drop them).
+
+        Set once, by whoever serves the socket: messages wait for it, and
+        reading waits with them. ``sink`` runs in trio-websocket's reader task;
+        it must not raise.
+        """
+        self._sink = sink
+        self._sink_set.set()
+
     # ---- trio.abc.HalfCloseableStream, for trio-websocket
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
@@ -183,6 +222,10 @@ class WsTransport(trio.abc.HalfCloseableStream):
                 self._accepting = False  # no data frame may follow a close frame
         elif chunk.startswith(_UPGRADED):
             self._upgraded = True
+            # Split frames only if wsproto saw nothing past the request's head.
+            request, self._request = self._request, None
+            if request is None or request.find(_HEAD_END) + len(_HEAD_END) != len(request):
+                self._splitter.passthrough = True
         if chunk:
             self._queue.append(chunk)
             self._control_queued += len(chunk)
@@ -203,10 +246,33 @@ class WsTransport(trio.abc.HalfCloseableStream):
         await self.transport_stream.send_eof()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        data = await self.transport_stream.receive_some(max_bytes)
-        if data:
+        """The next bytes for trio-websocket; whole data messages go to the sink instead
+        (see the module docstring), so this reads on until something is left for it."""
+        while True:
+            data = await self.transport_stream.receive_some(max_bytes)
+            if not data:
+                return data
             self.last_received = trio.current_time()
-        return data
+            if not self._upgraded:
+                self._note_request(data)
+                return data
+            messages, passed = self._splitter.feed(bytes(data))
+            for message in messages:
+                await self._deliver(message)
+            if passed:
+                return passed
+
+    def _note_request(self, data: bytes | bytearray) -> None:
+        """Keep the handshake request's bytes, to see where it ends (at most 64 KiB)."""
+        if self._request is not None:
+            request = self._request + data
+            self._request = request if len(request) <= _MAX_HANDSHAKE_BYTES else None
+
+    async def _deliver(self, message: str | bytes) -> None:
+        if not self._sink_set.is_set():
+            await self._sink_set.wait()
+        if self._sink is not None:
+            await self._sink(message)
 
     async def aclose(self) -> None:
         """Close the socket; what is still queued is dropped, waiting writers get

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -55,6 +55,9 @@ class Frames:
 
     def discard_queued(self) -> None:
         pass
+
+    def deliver_to(self, sink: Callable[[str | bytes], Awaitable[None]] | None) -> None:
+        self.sink = sink
 
 
 class Fanout:
@@ -106,6 +109,48 @@ async def test_an_ended_actor_ignores_heartbeats_and_late_answers(
     actor._submitted("c1", Unavailable("late", code="commit_timeout"))
     assert len(frames.written) == written, "nothing is sent by an actor that has ended"
     assert counted == ["commit_timeout"]
+
+
+class QuietSocket:
+    """A peer that sends nothing through trio-websocket (all comes via the sink)."""
+
+    async def get_message(self) -> str:
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async def aclose(self, code: int = 1000, reason: str | None = None) -> None:
+        pass
+
+
+class FailingFrames(Frames):
+    """Frames whose first write after the welcome fails: a bug on the send path."""
+
+    writes = 0
+
+    def write_nowait(self, frame: bytes) -> bool:
+        self.writes += 1
+        if self.writes == 2:
+            raise RuntimeError("a bug while answering")
+        return super().write_nowait(frame)
+
+
+async def test_a_failure_in_the_transports_reader_task_ends_only_the_actor(
+    offline_settings: Settings,
+) -> None:
+    frames = FailingFrames()
+    actor = offline_actor(QuietSocket(), frames, offline_settings)
+    with pytest.raises(ExceptionGroup) as failed:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(actor.run)
+            assert frames.sink is not None
+            # The transport's reader task hands a message over; the sink never raises...
+            await frames.sink('{"type": "ping", "id": 1}')
+            # ...and drops what comes after the failure.
+            frames.written.clear()
+            await frames.sink('{"type": "ping", "id": 2}')
+            assert frames.written == []
+    # The actor's run() raised it, for the listener to log and close with 1011.
+    assert failed.group_contains(RuntimeError, match="a bug while answering")
 
 
 class ScriptedSocket:

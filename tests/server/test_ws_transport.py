@@ -25,8 +25,10 @@ from wsproto.frame_protocol import FrameProtocol
 
 from protocol.messages import frame_text
 from server.ws_transport import WsTransport
+from tests.protocol.test_frames import frame
 
 SMALL_BUFFER = 4096
+MAX_MESSAGE = 1 << 17
 HANDSHAKE = (
     b"GET /v1/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
@@ -109,7 +111,7 @@ async def fill(transport: WsTransport, sizes: list[int]) -> list[str]:
 
 async def test_a_frame_goes_straight_to_the_socket_when_nothing_is_queued() -> None:
     async with tcp_pair(small=False) as (server, client):
-        transport = WsTransport(server, max_frames=4)
+        transport = WsTransport(server, max_frames=4, max_message_bytes=MAX_MESSAGE)
         assert transport.write_nowait(frame_text("hello"))
         assert transport.statistics().queued == 0
         assert await read_frames(client, 1) == [(0x1, b"hello")]
@@ -118,7 +120,7 @@ async def test_a_frame_goes_straight_to_the_socket_when_nothing_is_queued() -> N
 async def test_a_slow_reader_gets_every_frame_whole_and_in_order() -> None:
     sizes = [100, 20_000, 5, 70_000, 3000] * 8
     async with tcp_pair() as (server, client), trio.open_nursery() as nursery:
-        transport = WsTransport(server, max_frames=len(sizes))
+        transport = WsTransport(server, max_frames=len(sizes), max_message_bytes=MAX_MESSAGE)
         sent = await fill(transport, sizes)
         assert len(sent) == len(sizes)
         assert transport.statistics().queued > 1  # the kernel took only a few of them
@@ -131,7 +133,7 @@ async def test_a_slow_reader_gets_every_frame_whole_and_in_order() -> None:
 
 async def test_a_full_queue_refuses_the_frame_and_keeps_what_it_took() -> None:
     async with tcp_pair() as (server, client), trio.open_nursery() as nursery:
-        transport = WsTransport(server, max_frames=4)
+        transport = WsTransport(server, max_frames=4, max_message_bytes=MAX_MESSAGE)
         sent = await fill(transport, [10_000] * 100)
         assert 4 <= len(sent) < 100
         assert transport.statistics().queued == 4
@@ -150,7 +152,7 @@ async def websocket_pair(
 ) -> AsyncIterator[tuple[WsTransport, WebSocketConnection, WebSocketConnection]]:
     """A trio-websocket server on a WsTransport, and a trio-websocket client to it."""
     async with tcp_pair() as (server_stream, client_stream), trio.open_nursery() as nursery:
-        transport = WsTransport(server_stream, max_frames=max_frames)
+        transport = WsTransport(server_stream, max_frames=max_frames, max_message_bytes=MAX_MESSAGE)
         sides: dict[str, WebSocketConnection] = {}
 
         async def serve() -> None:
@@ -243,7 +245,7 @@ async def read_to_eof(client: trio.SocketStream, pending: bytes) -> list[tuple[i
 @pytest.mark.parametrize("discard", [False, True])
 async def test_no_data_frame_follows_the_close_frame(discard: bool) -> None:
     async with tcp_pair() as (server_stream, client), trio.open_nursery() as nursery:
-        transport = WsTransport(server_stream, max_frames=16)
+        transport = WsTransport(server_stream, max_frames=16, max_message_bytes=MAX_MESSAGE)
 
         async def serve(*, task_status: trio.TaskStatus[WebSocketConnection]) -> None:
             request = await wrap_server_stream(nursery, transport)
@@ -277,7 +279,7 @@ async def test_no_data_frame_follows_the_close_frame(discard: bool) -> None:
 
 async def test_a_peer_reset_breaks_the_transport_without_raising_from_write_nowait() -> None:
     async with tcp_pair() as (server, client), trio.open_nursery() as nursery:
-        transport = WsTransport(server, max_frames=8)
+        transport = WsTransport(server, max_frames=8, max_message_bytes=MAX_MESSAGE)
         await fill(transport, [10_000] * 100)  # the queue is full
         flushed = trio.Event()
 
@@ -300,7 +302,7 @@ async def test_a_peer_reset_breaks_the_transport_without_raising_from_write_nowa
 
 async def test_a_reset_seen_by_write_nowait_itself() -> None:
     async with tcp_pair(small=False) as (server, client):
-        transport = WsTransport(server, max_frames=8)
+        transport = WsTransport(server, max_frames=8, max_message_bytes=MAX_MESSAGE)
         client.setsockopt(
             stdlib_socket.SOL_SOCKET, stdlib_socket.SO_LINGER, struct.pack("ii", 1, 0)
         )
@@ -314,7 +316,7 @@ async def test_a_reset_seen_by_write_nowait_itself() -> None:
 
 async def test_send_eof_writes_the_queue_first_and_aclose_drops_it() -> None:
     async with tcp_pair() as (server, client), trio.open_nursery() as nursery:
-        transport = WsTransport(server, max_frames=8)
+        transport = WsTransport(server, max_frames=8, max_message_bytes=MAX_MESSAGE)
         sent = await fill(transport, [10_000] * 100)
         frames: list[tuple[int, bytes]] = []
 
@@ -338,7 +340,7 @@ async def test_send_eof_writes_the_queue_first_and_aclose_drops_it() -> None:
 
 async def test_aclose_wakes_a_writer_waiting_for_a_stuck_peer() -> None:
     async with tcp_pair() as (server, _client), trio.open_nursery() as nursery:
-        transport = WsTransport(server, max_frames=8)
+        transport = WsTransport(server, max_frames=8, max_message_bytes=MAX_MESSAGE)
         await fill(transport, [10_000] * 100)
         failed = trio.Event()
 
@@ -353,3 +355,110 @@ async def test_aclose_wakes_a_writer_waiting_for_a_stuck_peer() -> None:
         await transport.aclose()
         await failed.wait()
         assert transport.statistics().queued == 0
+
+
+# ---------------------------------------------------------------- reading
+
+
+class Sink:
+    """A message sink that keeps what it gets and says when ``count`` have come."""
+
+    def __init__(self, count: int) -> None:
+        self.got: list[str | bytes] = []
+        self.count = count
+        self.full = trio.Event()
+
+    async def __call__(self, message: str | bytes) -> None:
+        self.got.append(message)
+        if len(self.got) >= self.count:
+            self.full.set()
+
+
+@asynccontextmanager
+async def raw_client_pair(
+    *, before_response: bytes = b""
+) -> AsyncIterator[tuple[WsTransport, WebSocketConnection, trio.SocketStream]]:
+    """A trio-websocket server on a WsTransport, and a raw TCP client that did the
+    handshake (sending ``before_response`` right behind its request)."""
+    async with tcp_pair(small=False) as (server_stream, client), trio.open_nursery() as nursery:
+        transport = WsTransport(server_stream, max_frames=16, max_message_bytes=MAX_MESSAGE)
+
+        async def serve(*, task_status: trio.TaskStatus[WebSocketConnection]) -> None:
+            request = await wrap_server_stream(nursery, transport)
+            task_status.started(await request.accept())
+
+        async def handshake_then(extra: bytes) -> None:
+            await client.send_all(HANDSHAKE + extra)
+            response = b""
+            while b"\r\n\r\n" not in response:
+                response += await client.receive_some(4096)
+            assert response.startswith(b"HTTP/1.1 101 ")
+
+        async with trio.open_nursery() as handshake:
+            handshake.start_soon(handshake_then, before_response)
+            server: WebSocketConnection = await handshake.start(serve)
+        yield transport, server, client
+        nursery.cancel_scope.cancel()
+
+
+async def test_client_messages_go_to_the_sink_and_pings_still_get_pongs() -> None:
+    async with websocket_pair(max_frames=8) as (transport, _, client):
+        sink = Sink(100)
+        transport.deliver_to(sink)
+        expected: list[str | bytes] = []
+        with trio.fail_after(10):
+            for i in range(50):
+                await client.send_message(f"text {i}")
+                await client.send_message(f"binary {i}".encode())
+                expected += [f"text {i}", f"binary {i}".encode()]
+                if i % 10 == 0:
+                    await client.ping()  # returns once trio-websocket on the server answered
+            await sink.full.wait()
+        assert sink.got == expected
+
+
+async def test_after_a_fragmented_message_the_rest_comes_through_trio_websocket() -> None:
+    async with raw_client_pair() as (transport, server, client):
+        sink = Sink(1)
+        transport.deliver_to(sink)
+        await client.send_all(
+            frame(0x81, b"one") + frame(0x01, b"tw") + frame(0x80, b"o") + frame(0x81, b"three")
+        )
+        with trio.fail_after(10):
+            assert await server.get_message() == "two"
+            assert await server.get_message() == "three"
+        assert sink.got == ["one"]
+
+
+async def test_messages_wait_for_the_sink_and_none_drops_them() -> None:
+    async with raw_client_pair() as (transport, server, client):
+        await client.send_all(frame(0x81, b"early"))
+        await trio.testing.wait_all_tasks_blocked()
+        sink = Sink(2)
+        transport.deliver_to(sink)
+        await client.send_all(frame(0x81, b"later"))
+        with trio.fail_after(10):
+            await sink.full.wait()
+        assert sink.got == ["early", "later"]
+    async with raw_client_pair() as (transport, server, client):
+        transport.deliver_to(None)
+        await client.send_all(frame(0x81, b"dropped") + frame(0x88, b"\x03\xe8"))
+        with pytest.raises(ConnectionClosed), trio.fail_after(10):
+            await server.get_message()  # the close frame still reached trio-websocket
+
+
+async def test_frames_sent_with_the_handshake_request_are_left_to_trio_websocket() -> None:
+    # wsproto may hold part of a frame then, so this connection is never split.
+    async with raw_client_pair(before_response=frame(0x81, b"eager")) as (
+        transport,
+        server,
+        client,
+    ):
+        sink = Sink(1)
+        transport.deliver_to(sink)
+        await client.send_all(frame(0x81, b"next"))
+        with trio.fail_after(10):
+            # (trio-websocket drops a frame that came before its response, with or
+            # without this transport: a client must wait for the response.)
+            assert await server.get_message() == "next"
+        assert sink.got == []

@@ -6,6 +6,14 @@ requests are waiting, turns them into **one** pipelined round trip, and
 answers each request on its own reply channel. Concurrent requests therefore
 batch themselves: one Lua call per touched leaderboard applies all its
 records and publishes the board's new top N with the next sequence number.
+Up to :data:`PIPELINES` batches are in flight at once, each on a Redis
+connection of its own: while one waits for Redis, the next is gathered and
+sent, so a request never waits a whole round trip for the one before it
+(every submission comes here twice, to be admitted and to be ranked).
+Batches in flight together may run in Redis in either order, which nothing
+here minds: applying is by version, each publication's top N is read when
+its sequence number is taken, and what must follow something (a nonce's
+release follows its claim) is only asked for after that something answered.
 
 Redis is an index of PostgreSQL, never the truth. Record states carry a
 version and are applied only if newer (``lua/apply_records.lua``), so the
@@ -43,6 +51,9 @@ from server.stores.redis_store import Command, CommandError, RedisStore, Script
 log = logging.getLogger(__name__)
 
 _MAX_BATCH: Final = 2000
+#: Batches in flight to Redis at once (see the module docstring). Two took
+#: ws-submit over 64 sockets from 1,931 to 2,242 submissions/s; three did no better.
+PIPELINES: Final = 2
 _REBUILD_PAGE: Final = 5000
 _CATCH_UP_MARGIN: Final = dt.timedelta(seconds=10)
 _REBUILD_LOCK_TTL_S: Final = 120
@@ -249,7 +260,10 @@ class RankingActor:
             else:
                 self._rebuilding = False
             task_status.started()
+            pipelines = trio.Semaphore(PIPELINES)
             while True:
+                # A free pipeline first: the batch then takes all that queued meanwhile.
+                await pipelines.acquire()
                 batch: list[_Request] = []
                 # An idle node still looks at Redis every second, so it notices a
                 # flushed or restarted Redis without waiting for traffic.
@@ -263,7 +277,13 @@ class RankingActor:
                 held = self._inbox.held
                 while held and len(batch) < _MAX_BATCH:
                     batch.append(held.popleft())
-                await self._execute(batch)
+                nursery.start_soon(self._execute_then_release, batch, pipelines)
+
+    async def _execute_then_release(self, batch: list[_Request], pipelines: trio.Semaphore) -> None:
+        try:
+            await self._execute(batch)
+        finally:
+            pipelines.release()
 
     # ---- one batch, one round trip
 

@@ -413,7 +413,10 @@ class FraudActor:
         if not self._policy.enabled:
             counters.admitted += 1
             return Verdict("admitted")
-        times = [at / 1000.0 for at in history[0::2]]
+        # Milliseconds to seconds. int / int rounds the exact quotient once, just as
+        # at / 1000.0 does for every time a Signals takes (below 2**53 ms), and costs
+        # a third less: int / float goes through int's refusal to float's division.
+        times = [at / 1000 for at in history[0::2]]
         deltas = history[1::2]
         signals = fraud.Signals(
             now=now,
@@ -433,13 +436,7 @@ class FraudActor:
         if assessment.decision == "allow":
             # Only allowed submissions shape the normal, so cheaters cannot drag it up.
             self._population(admission.action_type).observe(
-                fraud.user_velocity(
-                    signals.user_times,
-                    signals.user_deltas,
-                    now,
-                    admission.delta,
-                    self._policy.params.velocity_window_s,
-                )
+                self._user_velocity(signals, assessment)
             )
             counters.admitted += 1
             return Verdict("admitted", assessment=assessment)
@@ -450,6 +447,23 @@ class FraudActor:
             return Verdict("admitted", assessment=assessment)
         counters.blocked += 1
         return Verdict("blocked", assessment=assessment)
+
+    def _user_velocity(self, signals: fraud.Signals, assessment: fraud.Assessment) -> float:
+        """The :func:`fraud.user_velocity` of ``signals`` over the policy's window.
+
+        The velocity factor measured just that when it had a population and
+        history enough; only otherwise is it computed here.
+        """
+        measured = assessment.measures["velocity"].get("velocity")
+        if measured is not None:
+            return measured
+        return fraud.user_velocity(
+            signals.user_times,
+            signals.user_deltas,
+            signals.now,
+            signals.delta,
+            self._policy.params.velocity_window_s,
+        )
 
     def _population(self, action_type: str) -> fraud.PopulationSketch:
         sketch = self._populations.get(action_type)

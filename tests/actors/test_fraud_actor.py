@@ -1,5 +1,6 @@
 """The fraud actor's hand-off: admitted submissions go on to the ledger, refused ones are
-answered, and one past its deadline is dropped before anything is claimed for it.
+answered, and one past its deadline is dropped before anything is claimed for it. And what
+an allowed submission teaches the population: its player's velocity.
 
 Redis and the ledger are stand-ins that record what reaches them; the admission
 script itself runs against a real Redis in ``tests/server/test_fraud_path.py``.
@@ -7,9 +8,11 @@ script itself runs against a real Redis in ``tests/server/test_fraud_path.py``.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import outcome
+import pytest
 import trio
 from trio.testing import wait_all_tasks_blocked
 
@@ -105,3 +108,67 @@ async def test_admitted_go_to_the_ledger_refused_are_answered_expired_are_droppe
         assert isinstance(limited, Verdict) and limited.decision == "rate_limited"
         assert replies["late"].values == []
         nursery.cancel_scope.cancel()
+
+
+class RecordingSketch:
+    """A population sketch with the given ``stats()``, recording what it observes."""
+
+    def __init__(self, stats: fraud.PopulationStats | None) -> None:
+        self._stats = stats
+        self.observed: list[float] = []
+
+    def observe(self, velocity: float) -> None:
+        self.observed.append(velocity)
+
+    def stats(self) -> fraud.PopulationStats | None:
+        return self._stats
+
+
+@pytest.mark.parametrize(
+    "population", [None, fraud.PopulationStats(median=500.0, mad=100.0, count=100)]
+)
+@pytest.mark.parametrize("in_order", [True, False])
+def test_an_allowed_submission_feeds_the_population_its_user_velocity(
+    population: fraud.PopulationStats | None, in_order: bool
+) -> None:
+    # With a population the velocity factor has measured it; without one it is computed.
+    # Either way it is user_velocity() of the history as admit.lua gives it, which is
+    # out of order when the nodes' clocks differ.
+    params = fraud.FraudParams()
+    now = 1_700_000_000.0
+    times_ms = [int(now * 1000) - ago_s * 1000 for ago_s in (98, 91, 78, 74, 53, 44, 38, 23, 12, 7)]
+    if not in_order:
+        times_ms[3], times_ms[4] = times_ms[4], times_ms[3]
+    deltas = [100, 120, 90, 110, 100, 105, 95, 100, 115, 85]
+    history = [value for pair in zip(times_ms, deltas, strict=True) for value in pair]
+    sketch = RecordingSketch(population)
+    _, inbox = FraudActor.open_inbox(10)
+    actor = FraudActor(
+        policy=FraudPolicy(
+            enabled=True,
+            params=params,
+            user_limit=RateLimit(10, 10),
+            ip_limit=RateLimit(10, 10),
+            shadow_ban_blocks=0,
+            shadow_ban_window_s=60,
+        ),
+        ranking=None,  # type: ignore[arg-type]  # _judge() is handed the admission's answer
+        ledger=None,  # type: ignore[arg-type]
+        postgres=None,  # type: ignore[arg-type]
+        key_prefix="t",
+        inbox=inbox,
+        queue_size=10,
+        node_id="n",
+    )
+    actor._populations["score"] = sketch  # type: ignore[assignment]
+    admission, _ = pending("n1")
+    admission = replace(admission, delta=100, delta_max=1000)
+
+    verdict = actor._judge(admission, [0, 0, history, 1, 0, 1, 0, 1], now)
+
+    assert verdict.decision == "admitted"
+    assert verdict.assessment is not None and verdict.assessment.decision == "allow"
+    assert ("velocity" in verdict.assessment.measures["velocity"]) == (population is not None)
+    times = [at / 1000.0 for at in times_ms]
+    expected = fraud.user_velocity(times, deltas, now, 100, params.velocity_window_s)
+    assert repr(sketch.observed) == repr([expected])

@@ -655,6 +655,56 @@ def test_the_order_the_history_comes_in_changes_nothing(
     )
 
 
+@given(
+    st.one_of(
+        # Few distinct values (ties at and around the median), ordinary spreads, extremes,
+        # and integers that floats cannot tell apart (some below the median round to it).
+        st.lists(st.integers(-3, 3), min_size=1, max_size=HISTORY_MAX),
+        st.lists(small_delta, min_size=1, max_size=HISTORY_MAX),
+        st.lists(int64, min_size=1, max_size=HISTORY_MAX),
+        st.lists(st.integers(2**62 - 3000, 2**62 + 3000), min_size=1, max_size=HISTORY_MAX),
+    ),
+    st.randoms(use_true_random=False),
+)
+@settings(max_examples=300, deadline=None)
+def test_the_increment_median_and_mad_are_those_of_the_deltas_as_floats(
+    deltas: list[int], rnd: random.Random
+) -> None:
+    # The model picks the MAD out of the sorted deltas without sorting every
+    # distance; median_mad() sorts them all. repr() tells -0.0 from 0.0, as the log row would.
+    rnd.shuffle(deltas)
+    history = with_history([10.0] * len(deltas), deltas)
+    measures = assess(history, replace(PARAMS, increment_min_history=1)).measures["increment"]
+    expected = median_mad([float(delta) for delta in deltas])
+    assert repr((measures["median"], measures["mad"])) == repr(expected)
+
+
+@given(
+    any_signals(),
+    st.sampled_from([1.0, FREQUENCY_WINDOW_S, PARAMS.velocity_window_s, 3600.0]),
+    st.randoms(use_true_random=False),
+)
+@settings(max_examples=200, deadline=None)
+def test_the_measured_velocity_is_the_user_velocity(
+    s: Signals, window: float, rnd: random.Random
+) -> None:
+    # The fraud actor feeds its population sketch with this measure when there is one.
+    order = list(range(len(s.user_times)))
+    rnd.shuffle(order)  # any order, like the history of nodes whose clocks differ
+    s = replace(
+        s,
+        user_times=[s.user_times[i] for i in order],
+        user_deltas=[s.user_deltas[i] for i in order],
+        population=s.population or POPULATION,
+    )
+    measures = assess(s, replace(PARAMS, velocity_window_s=window)).measures["velocity"]
+    expected = user_velocity(s.user_times, s.user_deltas, s.now, s.delta, window)
+    if len(s.user_times) < PARAMS.velocity_min_history:
+        assert measures == {}
+    else:
+        assert repr(measures["velocity"]) == repr(expected)
+
+
 # ---------------------------------------------------------------- honest players
 
 

@@ -2,12 +2,14 @@
 answered, and one past its deadline is dropped before anything is claimed for it. And what
 an allowed submission teaches the population: its player's velocity.
 
-Redis and the ledger are stand-ins that record what reaches them; the admission
-script itself runs against a real Redis in ``tests/server/test_fraud_path.py``.
+Redis and the ledger are stand-ins that record what reaches them, except for the
+player's history below, which ``lua/admit.lua`` keeps in a real Redis; the rest of the
+script runs against a real Redis in ``tests/server/test_fraud_path.py``.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -16,10 +18,11 @@ import pytest
 import trio
 from trio.testing import wait_all_tasks_blocked
 
-from actors.fraud import Admission, FraudActor, FraudPolicy, RateLimit, Verdict
+from actors.fraud import Admission, FraudActor, FraudPolicy, RateLimit, Verdict, _Pending
 from protocol import fraud
 from protocol.leaderboards import Submission
-from server.stores.redis_store import Script
+from server.stores import aio_loop
+from server.stores.redis_store import RedisStore, Script, open_redis
 from tests.actors.records import submission
 
 KEYS_PER_ADMISSION = 11
@@ -37,7 +40,7 @@ class ScriptedRedis:
         (script,) = commands
         nonces = [key.rsplit(":", 1)[1] for key in script.keys[::KEYS_PER_ADMISSION]]
         self.admitted_nonces.append(nonces)
-        return [[[self.statuses.get(n, 0), 1500, [], 1, 0, 1, 0, 1] for n in nonces]]
+        return [[[self.statuses.get(n, 0), 1500, "", 1, 0, 1, 0, 1] for n in nonces]]
 
 
 class Ledger:
@@ -140,7 +143,7 @@ def test_an_allowed_submission_feeds_the_population_its_user_velocity(
     if not in_order:
         times_ms[3], times_ms[4] = times_ms[4], times_ms[3]
     deltas = [100, 120, 90, 110, 100, 105, 95, 100, 115, 85]
-    history = [value for pair in zip(times_ms, deltas, strict=True) for value in pair]
+    history = ",".join(str(value) for pair in zip(times_ms, deltas, strict=True) for value in pair)
     sketch = RecordingSketch(population)
     _, inbox = FraudActor.open_inbox(10)
     actor = FraudActor(
@@ -172,3 +175,54 @@ def test_an_allowed_submission_feeds_the_population_its_user_velocity(
     times = [at / 1000.0 for at in times_ms]
     expected = fraud.user_velocity(times, deltas, now, 100, params.velocity_window_s)
     assert repr(sketch.observed) == repr([expected])
+
+
+class RealRedis:
+    """The ranking client's ``run``, straight to a real Redis."""
+
+    def __init__(self, store: RedisStore) -> None:
+        self.store = store
+
+    async def run(self, commands: list[Script]) -> list[Any]:
+        return await self.store.pipeline(commands)
+
+
+def bench_policy() -> FraudPolicy:
+    return FraudPolicy(
+        enabled=True,
+        params=fraud.FraudParams(),
+        user_limit=RateLimit(100_000, 1_000_000),
+        ip_limit=RateLimit(100_000, 1_000_000),
+        shadow_ban_blocks=0,
+        shadow_ban_window_s=60,
+    )
+
+
+async def test_admit_keeps_the_newest_history_oldest_first_with_exact_deltas(
+    redis_url: str,
+) -> None:
+    _, inbox = FraudActor.open_inbox(10)
+    async with aio_loop.open_loop(), open_redis(redis_url) as store:
+        actor = FraudActor(
+            policy=bench_policy(),
+            ranking=RealRedis(store),  # type: ignore[arg-type]
+            ledger=None,  # type: ignore[arg-type]
+            postgres=None,  # type: ignore[arg-type]
+            key_prefix=f"t{time.monotonic_ns()}",
+            inbox=inbox,
+            queue_size=10,
+            node_id="n",
+        )
+        start_ms = 1_700_000_000_000
+        sent: list[tuple[int, int]] = []
+        for i in range(fraud.HISTORY_MAX + 6):
+            admission, sub = pending(f"n{i}")
+            delta = 2**62 + i  # beyond a double's 53 bits: kept exactly
+            admission = replace(admission, delta=delta, delta_max=2**63 - 1)
+            at_ms = start_ms + 1000 * i
+            script = actor._admit_script([_Pending(admission, sub, Reply())], at_ms / 1000)
+            [[result]] = await store.pipeline([script])
+            assert result[0] == 0, result
+            held = sent[-fraud.HISTORY_MAX :]
+            assert result[2] == ",".join(f"{t},{d}" for t, d in held)
+            sent.append((at_ms, delta))

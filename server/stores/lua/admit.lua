@@ -8,8 +8,9 @@
 --      update the player's history and IPs and the IP's and device's requests
 --      and players (lib/source.lua): status 0.
 --
--- KEYS: 11 per submission: nonce, player rate, IP rate, player history (list of
---   "<t_ms>|<delta>", newest first), player IPs (zset ip -> last seen), IP
+-- KEYS: 11 per submission: nonce, player rate, IP rate, player history (a string
+--   "<t_ms>,<delta>,<t_ms>,<delta>,...", oldest first, at most `history length
+--   kept` entries), player IPs (zset ip -> last seen), IP
 --   window counter, IP previous window counter, IP players, device window
 --   counter, device previous window counter, device players
 -- ARGV[1..11]: now (ms), player interval (ms), player burst, IP interval (ms),
@@ -19,10 +20,10 @@
 -- ARGV[12..]: 6 per submission: nonce TTL (s), delta, IP ("" if unknown),
 --   player, "1" if the device keys are real, claim value
 --
--- Returns one array per submission: {status, ms to wait, history (as it was
--- before, oldest first, flat: t_ms, delta, t_ms, delta, ...), the player's IPs,
--- IP requests, IP players, device requests, device players}; the signals are
--- 0 / {} when not scored.
+-- Returns one array per submission: {status, ms to wait, history (the string as
+-- it was before this one: "" when there is none), the player's IPs, IP
+-- requests, IP players, device requests, device players}; the signals are
+-- 0 / "" when not scored.
 local now = tonumber(ARGV[1])
 local user_interval, user_burst = tonumber(ARGV[2]), tonumber(ARGV[3])
 local ip_interval, ip_burst = tonumber(ARGV[4]), tonumber(ARGV[5])
@@ -35,34 +36,42 @@ local out = {}
 for i = 0, #KEYS / 11 - 1 do
     local k, a = i * 11, 12 + i * 6
     local ip, user = ARGV[a + 2], ARGV[a + 3]
-    local result = {0, 0, {}, 0, 0, 1, 0, 1}
+    local result = {0, 0, '', 0, 0, 1, 0, 1}
     if redis.call('EXISTS', KEYS[k + 1]) == 1 then
         result[1] = 1
     else
-        local wait = gcra_wait(KEYS[k + 2], now, user_interval, user_burst)
+        local user_tat = gcra_tat(KEYS[k + 2], now)
+        local wait = gcra_wait(user_tat, now, user_interval, user_burst)
+        local ip_tat = 0
         if ip ~= '' then
-            wait = math.max(wait, gcra_wait(KEYS[k + 3], now, ip_interval, ip_burst))
+            ip_tat = gcra_tat(KEYS[k + 3], now)
+            wait = math.max(wait, gcra_wait(ip_tat, now, ip_interval, ip_burst))
         end
         if wait > 0 then
             result[1], result[2] = 2, wait
         else
-            gcra_spend(KEYS[k + 2], now, user_interval)
+            gcra_spend(KEYS[k + 2], user_tat, now, user_interval)
             if ip ~= '' then
-                gcra_spend(KEYS[k + 3], now, ip_interval)
+                gcra_spend(KEYS[k + 3], ip_tat, now, ip_interval)
             end
             redis.call('SET', KEYS[k + 1], ARGV[a + 5], 'EX', tonumber(ARGV[a]))
             if score then
-                local held = redis.call('LRANGE', KEYS[k + 4], 0, keep - 1)
-                local flat = {}
-                for j = #held, 1, -1 do
-                    local bar = string.find(held[j], '|', 1, true)
-                    flat[#flat + 1] = tonumber(string.sub(held[j], 1, bar - 1))
-                    flat[#flat + 1] = tonumber(string.sub(held[j], bar + 1))
+                -- Returned as stored, for the caller to split: no parsing here.
+                local history = redis.call('GET', KEYS[k + 4]) or ''
+                result[3] = history
+                local entry = ARGV[1] .. ',' .. ARGV[a + 1]
+                if history == '' then
+                    history = entry
+                else
+                    history = history .. ',' .. entry
+                    local _, commas = string.gsub(history, ',', ',')
+                    if commas >= 2 * keep then
+                        -- One entry too many: drop the oldest (its two fields).
+                        local second = string.find(history, ',', string.find(history, ',', 1, true) + 1, true)
+                        history = string.sub(history, second + 1)
+                    end
                 end
-                result[3] = flat
-                redis.call('LPUSH', KEYS[k + 4], ARGV[1] .. '|' .. ARGV[a + 1])
-                redis.call('LTRIM', KEYS[k + 4], 0, keep - 1)
-                redis.call('PEXPIRE', KEYS[k + 4], identity)
+                redis.call('SET', KEYS[k + 4], history, 'PX', identity)
                 if ip ~= '' then
                     redis.call('ZADD', KEYS[k + 5], now, ip)
                     redis.call('ZREMRANGEBYSCORE', KEYS[k + 5], '-inf', now - identity)

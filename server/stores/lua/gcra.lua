@@ -10,8 +10,9 @@
 -- ms to wait before it would pass (nothing is spent). The key expires once it
 -- no longer limits anything.
 local now, interval = tonumber(ARGV[1]), tonumber(ARGV[2])
-local wait = gcra_wait(KEYS[1], now, interval, tonumber(ARGV[3]))
+local tat = gcra_tat(KEYS[1], now)
+local wait = gcra_wait(tat, now, interval, tonumber(ARGV[3]))
 if wait == 0 then
-    gcra_spend(KEYS[1], now, interval)
+    gcra_spend(KEYS[1], tat, now, interval)
 end
 return wait

@@ -37,6 +37,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -208,6 +209,24 @@ async def receive_batch(channel: trio.MemoryReceiveChannel[T], most: int) -> lis
     return batch
 
 
+# One struct per history length: (t_ms, delta) pairs of signed 64-bit big-endian integers.
+_HISTORIES: Final = tuple(struct.Struct(f">{2 * n}q") for n in range(fraud.HISTORY_MAX + 1))
+
+
+def history_fields(history: str) -> tuple[int, ...]:
+    """A player's history as ``lua/admit.lua`` keeps it — 32 hex digits per submission,
+    oldest first — as flat ``(t_ms, delta, t_ms, delta, ...)``: the newest
+    :data:`protocol.fraud.HISTORY_MAX`, should more be held.
+
+    Unpacked in two C calls (about 3 µs for 64): Lua parsing a text history cost
+    Redis more than all else the script does, and Python splitting one and
+    parsing 128 integers cost the node 15 µs.
+    """
+    raw = bytes.fromhex(history)
+    count = min(len(raw) // 16, fraud.HISTORY_MAX)
+    return _HISTORIES[count].unpack_from(raw, len(raw) - 16 * count)
+
+
 def device_key(device: str) -> str:
     """A short, fixed-size name for a device identifier (a header the client chose)."""
     return hashlib.blake2b(device.encode("utf-8", "replace"), digest_size=10).hexdigest()
@@ -353,7 +372,7 @@ class FraudActor:
                 keys.nonce(admission.nonce),
                 keys.user(user, "rate"),
                 keys.source("ip", ip, "rate"),
-                keys.user(user, f"h:{admission.action_type}"),
+                keys.user(user, f"hx:{admission.action_type}"),
                 keys.user(user, "ips"),
                 keys.source("ip", ip, f"n:{window}"),
                 keys.source("ip", ip, f"n:{window - 1}"),
@@ -413,10 +432,7 @@ class FraudActor:
         if not self._policy.enabled:
             counters.admitted += 1
             return Verdict("admitted")
-        # "t_ms,delta,t_ms,delta,...", oldest first, as lua/admit.lua keeps it: split
-        # here at C speed (parsing it in Lua cost Redis more than all else the
-        # script does). Only the newest HISTORY_MAX, should a longer one be held.
-        fields = list(map(int, history.split(",")))[-2 * fraud.HISTORY_MAX :] if history else []
+        fields = history_fields(history)
         # Milliseconds to seconds. int / int rounds the exact quotient once, just as
         # at / 1000.0 does for every time a Signals takes (below 2**53 ms), and costs
         # a third less: int / float goes through int's refusal to float's division.

@@ -18,7 +18,15 @@ import pytest
 import trio
 from trio.testing import wait_all_tasks_blocked
 
-from actors.fraud import Admission, FraudActor, FraudPolicy, RateLimit, Verdict, _Pending
+from actors.fraud import (
+    Admission,
+    FraudActor,
+    FraudPolicy,
+    RateLimit,
+    Verdict,
+    _Pending,
+    history_fields,
+)
 from protocol import fraud
 from protocol.leaderboards import Submission
 from server.stores import aio_loop
@@ -143,7 +151,7 @@ def test_an_allowed_submission_feeds_the_population_its_user_velocity(
     if not in_order:
         times_ms[3], times_ms[4] = times_ms[4], times_ms[3]
     deltas = [100, 120, 90, 110, 100, 105, 95, 100, 115, 85]
-    history = ",".join(str(value) for pair in zip(times_ms, deltas, strict=True) for value in pair)
+    history = "".join(f"{t:016x}{d:016x}" for t, d in zip(times_ms, deltas, strict=True))
     sketch = RecordingSketch(population)
     _, inbox = FraudActor.open_inbox(10)
     actor = FraudActor(
@@ -198,9 +206,7 @@ def bench_policy() -> FraudPolicy:
     )
 
 
-async def test_admit_keeps_the_newest_history_oldest_first_with_exact_deltas(
-    redis_url: str,
-) -> None:
+async def test_admit_keeps_the_newest_history_oldest_first(redis_url: str) -> None:
     _, inbox = FraudActor.open_inbox(10)
     async with aio_loop.open_loop(), open_redis(redis_url) as store:
         actor = FraudActor(
@@ -214,15 +220,26 @@ async def test_admit_keeps_the_newest_history_oldest_first_with_exact_deltas(
             node_id="n",
         )
         start_ms = 1_700_000_000_000
-        sent: list[tuple[int, int]] = []
-        for i in range(fraud.HISTORY_MAX + 6):
+        # Negative, large (up to 2^53, a Lua number's exact integers) and past int64.
+        deltas = [-5, 2**53, 2**63 - 1] + [100 + i for i in range(fraud.HISTORY_MAX + 3)]
+        sent: list[int] = []
+        for i, delta in enumerate(deltas):
             admission, sub = pending(f"n{i}")
-            delta = 2**62 + i  # beyond a double's 53 bits: kept exactly
-            admission = replace(admission, delta=delta, delta_max=2**63 - 1)
+            admission = replace(admission, delta=delta, delta_min=-10, delta_max=2**63 - 1)
             at_ms = start_ms + 1000 * i
             script = actor._admit_script([_Pending(admission, sub, Reply())], at_ms / 1000)
             [[result]] = await store.pipeline([script])
             assert result[0] == 0, result
-            held = sent[-fraud.HISTORY_MAX :]
-            assert result[2] == ",".join(f"{t},{d}" for t, d in held)
-            sent.append((at_ms, delta))
+            assert history_fields(result[2]) == tuple(sent[-2 * fraud.HISTORY_MAX :])
+            # Clamped to the largest double a signed 64-bit integer holds.
+            sent += [at_ms, min(delta, 2**63 - 1024)]
+
+
+def test_history_fields_takes_the_newest_it_can_use() -> None:
+    pairs = [(i, -i) for i in range(100)]
+    held = "".join(f"{t:016x}{d & 0xFFFFFFFFFFFFFFFF:016x}" for t, d in pairs)
+    fields = history_fields(held)
+    assert len(fields) == 2 * fraud.HISTORY_MAX
+    assert fields[:2] == (100 - fraud.HISTORY_MAX, fraud.HISTORY_MAX - 100)
+    assert fields[-2:] == (99, -99)
+    assert history_fields("") == ()

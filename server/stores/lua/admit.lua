@@ -9,8 +9,9 @@
 --      and players (lib/source.lua): status 0.
 --
 -- KEYS: 11 per submission: nonce, player rate, IP rate, player history (a string
---   "<t_ms>,<delta>,<t_ms>,<delta>,...", oldest first, at most `history length
---   kept` entries), player IPs (zset ip -> last seen), IP
+--   of 32 hex digits per submission, oldest first, at most `history length kept`:
+--   t_ms and delta, each a signed 64-bit big-endian integer; deltas beyond 2^53
+--   are rounded as Lua numbers are), player IPs (zset ip -> last seen), IP
 --   window counter, IP previous window counter, IP players, device window
 --   counter, device previous window counter, device players
 -- ARGV[1..11]: now (ms), player interval (ms), player burst, IP interval (ms),
@@ -32,6 +33,7 @@ local keep = tonumber(ARGV[7])
 local identity, window, into = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
 local most = tonumber(ARGV[11])
 
+local MIN_INT64, MAX_INT64 = -9223372036854775808, 9223372036854774784  -- 2^63 - 1024
 local out = {}
 for i = 0, #KEYS / 11 - 1 do
     local k, a = i * 11, 12 + i * 6
@@ -56,20 +58,14 @@ for i = 0, #KEYS / 11 - 1 do
             end
             redis.call('SET', KEYS[k + 1], ARGV[a + 5], 'EX', tonumber(ARGV[a]))
             if score then
-                -- Returned as stored, for the caller to split: no parsing here.
+                -- Returned as stored, for the caller to unpack: no parsing here.
                 local history = redis.call('GET', KEYS[k + 4]) or ''
                 result[3] = history
-                local entry = ARGV[1] .. ',' .. ARGV[a + 1]
-                if history == '' then
-                    history = entry
-                else
-                    history = history .. ',' .. entry
-                    local _, commas = string.gsub(history, ',', ',')
-                    if commas >= 2 * keep then
-                        -- One entry too many: drop the oldest (its two fields).
-                        local second = string.find(history, ',', string.find(history, ',', 1, true) + 1, true)
-                        history = string.sub(history, second + 1)
-                    end
+                -- A double's integers, clamped to what a signed 64-bit field holds.
+                local delta = math.max(MIN_INT64, math.min(tonumber(ARGV[a + 1]), MAX_INT64))
+                history = history .. string.format('%016x%016x', now, delta)
+                if #history > 32 * keep then
+                    history = string.sub(history, -32 * keep)
                 end
                 redis.call('SET', KEYS[k + 4], history, 'PX', identity)
                 if ip ~= '' then

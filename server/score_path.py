@@ -32,6 +32,7 @@ one that did commit gets 409, and so does a retry of a blocked one.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import secrets
 import time
@@ -159,6 +160,11 @@ class ScorePath:
         self._rules = action_token.parse_action_types(settings.action_types)
         # In flight, oldest first (insertion order): deadlines grow along it.
         self._flights: dict[_Flight, None] = {}
+        # Each attempt's nonce claim: unique across nodes and attempts, which is all a
+        # claim must be (only its holder may give it back); a counter behind a random
+        # prefix costs no getrandom(2) per submission, as secrets.token_hex() would.
+        self._claim_prefix = secrets.token_hex(8)
+        self._claims = itertools.count()
         self._wake_run = trio.Event()
 
     @property
@@ -218,7 +224,7 @@ class ScorePath:
             nonce=action.nonce,
             # The Redis claim must outlive every moment the token could still verify.
             nonce_ttl_s=int(action.expires_at - now + self._settings.jwt_leeway_s) + 1,
-            claim=secrets.token_hex(8),
+            claim=f"{self._claim_prefix}{next(self._claims):x}",
         )
         submission = Submission(
             user_id=claims.user_id,

@@ -71,6 +71,8 @@ _UPGRADED: Final = b"HTTP/1.1 101 "
 #: Buffers per writev(2); Linux takes up to 1024.
 _MAX_BUFFERS: Final = 256
 _HEAD_END: Final = b"\r\n\r\n"
+#: Bytes asked of the socket per read when the caller names no size (trio's default).
+_RECEIVE_BYTES: Final = 65536
 #: The most bytes of the opening handshake request kept to find where it ends.
 _MAX_HANDSHAKE_BYTES: Final = 65536
 
@@ -249,7 +251,7 @@ class WsTransport(trio.abc.HalfCloseableStream):
         """The next bytes for trio-websocket; whole data messages go to the sink instead
         (see the module docstring), so this reads on until something is left for it."""
         while True:
-            data = await self.transport_stream.receive_some(max_bytes)
+            data = await self._receive(max_bytes or _RECEIVE_BYTES)
             if not data:
                 return data
             self.last_received = trio.current_time()
@@ -261,6 +263,26 @@ class WsTransport(trio.abc.HalfCloseableStream):
                 await self._deliver(message)
             if passed:
                 return passed
+
+    async def _receive(self, max_bytes: int) -> bytes:
+        """``SocketStream.receive_some``, but waiting for the socket first.
+
+        trio tries the read first and waits only if nothing came. A client
+        with one submission in flight has sent nothing more by the time its
+        message is handled, so that first try is a failed recv(2) per message;
+        waiting first saves it (a read that finds nothing, a spurious wake-up,
+        just waits again).
+        """
+        while True:
+            if self._socket.fileno() == -1:
+                raise trio.ClosedResourceError("the transport was closed")
+            await trio.lowlevel.wait_readable(self._socket)
+            try:
+                return os.read(self._fd, max_bytes)
+            except BlockingIOError:
+                continue
+            except OSError as exc:  # a reset: what trio's SocketStream raises for it
+                raise trio.BrokenResourceError from exc
 
     def _note_request(self, data: bytes | bytearray) -> None:
         """Keep the handshake request's bytes, to see where it ends (at most 64 KiB)."""

@@ -462,3 +462,18 @@ async def test_frames_sent_with_the_handshake_request_are_left_to_trio_websocket
             # without this transport: a client must wait for the response.)
             assert await server.get_message() == "next"
         assert sink.got == []
+
+
+async def test_reading_a_reset_or_closed_transport_raises_what_trio_websocket_expects() -> None:
+    async with tcp_pair() as (server, client):
+        transport = WsTransport(server, max_frames=8, max_message_bytes=MAX_MESSAGE)
+        await client.send_all(b"bytes before the reset")
+        assert await transport.receive_some() == b"bytes before the reset"
+        linger = struct.pack("ii", 1, 0)  # close with RST, not FIN
+        client.socket.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_LINGER, linger)
+        client.socket.close()
+        with pytest.raises(trio.BrokenResourceError), trio.fail_after(5):
+            await transport.receive_some()
+        await transport.aclose()
+        with pytest.raises(trio.ClosedResourceError):
+            await transport.receive_some()

@@ -6,8 +6,9 @@ whatever else is waiting (up to ``batch_max``) and commits them all in
 group commit. :data:`COMMITTERS` committers take turns on the inbox. When no
 other batch is being committed, a submission goes to PostgreSQL at once —
 waiting could only add latency, as nothing else is coming sooner. While one
-is, the next committer lingers up to ``linger_s`` for more, so under load
-one batch gathers while another commits. Row locks taken in (leaderboard,
+is, the next committer gathers more until that commit is done (or
+``linger_s`` has passed), so under load one batch gathers while another
+commits, and goes the moment PostgreSQL is free. Row locks taken in (leaderboard,
 user) order keep their transactions from deadlocking.
 Only after the commit does anything answer: each committed submission is
 handed, with its requester's reply, to the ranking actor — which
@@ -75,6 +76,7 @@ class LedgerActor:
         self._batches = 0
         self._committed = 0
         self._committing = 0  # batches on their way to PostgreSQL now
+        self._gathering: trio.CancelScope | None = None  # a committer's wait for more
 
     @staticmethod
     def open_inbox(queue_size: int) -> tuple[LedgerClient, trio.MemoryReceiveChannel[Any]]:
@@ -100,12 +102,15 @@ class LedgerActor:
             batch = [await self._receive.receive()]
             self._take_waiting(batch)
             if self._committing:
-                # PostgreSQL is busy with another batch: gather behind it. One
-                # wake per arrival, and each takes all that came with it.
-                with trio.move_on_after(self._linger_s):
+                # PostgreSQL is busy with another batch: gather behind it until it
+                # is done (see the finally below). One wake per arrival, and each
+                # takes all that came with it.
+                with trio.move_on_after(self._linger_s) as gathering:
+                    self._gathering = gathering
                     while len(batch) < self._batch_max:
                         batch.append(await self._receive.receive())
                         self._take_waiting(batch)
+                self._gathering = None
             # Past their deadline (answered 503 "retry"): commit nothing for them.
             batch = [pending for pending in batch if not expired(pending.reply)]
             if not batch:
@@ -115,6 +120,8 @@ class LedgerActor:
                 await self._commit(batch)
             finally:
                 self._committing -= 1
+                if not self._committing and self._gathering is not None:
+                    self._gathering.cancel()  # PostgreSQL is free: the next batch goes now
 
     def _take_waiting(self, batch: list[_Pending]) -> None:
         """Add what is already waiting to ``batch``, up to ``batch_max``."""

@@ -1,4 +1,5 @@
-"""The ledger actor's group commit: at once when PostgreSQL is idle, gathered behind a commit.
+"""The ledger actor's group commit: at once when PostgreSQL is idle, gathered behind a commit
+until it is done.
 
 PostgreSQL is a stand-in here that records each batch and finishes it when
 the test says so: what is under test is when the actor commits and what it
@@ -104,6 +105,29 @@ async def test_submissions_gather_behind_a_commit_in_flight(mock_clock: MockCloc
             done.set()
         await wait_all_tasks_blocked()
         assert sorted(answers) == sorted(["first", *later])
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_gathered_batch_goes_as_soon_as_the_commit_before_it_is_done(
+    mock_clock: MockClock,
+) -> None:
+    postgres = HeldPostgres()
+    answers: dict[str, Any] = {}
+    async with trio.open_nursery() as nursery:
+        client = await start_ledger(nursery, postgres)
+        await submit_all(nursery, client, ["first"], answers)
+        await wait_all_tasks_blocked()
+        await submit_all(nursery, client, ["second", "third"], answers)
+        await wait_all_tasks_blocked()
+        assert postgres.batches == [["first"]]
+        gathering_since = trio.current_time()
+        postgres.release[0].set()  # PostgreSQL is free again, well within the linger
+        await wait_all_tasks_blocked()
+        assert postgres.batches == [["first"], ["second", "third"]]
+        assert trio.current_time() == gathering_since, "it did not wait out the linger"
+        postgres.release[1].set()
+        await wait_all_tasks_blocked()
+        assert sorted(answers) == ["first", "second", "third"]
         nursery.cancel_scope.cancel()
 
 

@@ -68,6 +68,26 @@ class Reply:
         self.values.append(value.unwrap())
 
 
+TEN_PER_S = RateLimit(10, 10)
+
+
+def policy(
+    *,
+    enabled: bool = True,
+    params: fraud.FraudParams | None = None,
+    limit: RateLimit = TEN_PER_S,
+) -> FraudPolicy:
+    """A policy with ``limit`` for players and IPs alike, and no shadow bans."""
+    return FraudPolicy(
+        enabled=enabled,
+        params=params or fraud.FraudParams(),
+        user_limit=limit,
+        ip_limit=limit,
+        shadow_ban_blocks=0,
+        shadow_ban_window_s=60,
+    )
+
+
 def pending(nonce: str) -> tuple[Admission, Submission]:
     admission = Admission(
         user_id="u",
@@ -89,14 +109,7 @@ async def test_admitted_go_to_the_ledger_refused_are_answered_expired_are_droppe
     redis, ledger = ScriptedRedis({"limited": 2}), Ledger()
     client, inbox = FraudActor.open_inbox(10)
     actor = FraudActor(
-        policy=FraudPolicy(
-            enabled=False,
-            params=fraud.FraudParams(),
-            user_limit=RateLimit(10, 10),
-            ip_limit=RateLimit(10, 10),
-            shadow_ban_blocks=0,
-            shadow_ban_window_s=60,
-        ),
+        policy=policy(enabled=False),
         ranking=redis,  # type: ignore[arg-type]
         ledger=ledger,  # type: ignore[arg-type]
         postgres=None,  # type: ignore[arg-type]  # no flag or block to log here
@@ -155,14 +168,7 @@ def test_an_allowed_submission_feeds_the_population_its_user_velocity(
     sketch = RecordingSketch(population)
     _, inbox = FraudActor.open_inbox(10)
     actor = FraudActor(
-        policy=FraudPolicy(
-            enabled=True,
-            params=params,
-            user_limit=RateLimit(10, 10),
-            ip_limit=RateLimit(10, 10),
-            shadow_ban_blocks=0,
-            shadow_ban_window_s=60,
-        ),
+        policy=policy(params=params),
         ranking=None,  # type: ignore[arg-type]  # _judge() is handed the admission's answer
         ledger=None,  # type: ignore[arg-type]
         postgres=None,  # type: ignore[arg-type]
@@ -195,22 +201,11 @@ class RealRedis:
         return await self.store.pipeline(commands)
 
 
-def bench_policy() -> FraudPolicy:
-    return FraudPolicy(
-        enabled=True,
-        params=fraud.FraudParams(),
-        user_limit=RateLimit(100_000, 1_000_000),
-        ip_limit=RateLimit(100_000, 1_000_000),
-        shadow_ban_blocks=0,
-        shadow_ban_window_s=60,
-    )
-
-
 async def test_admit_keeps_the_newest_history_oldest_first(redis_url: str) -> None:
     _, inbox = FraudActor.open_inbox(10)
     async with aio_loop.open_loop(), open_redis(redis_url) as store:
         actor = FraudActor(
-            policy=bench_policy(),
+            policy=policy(limit=RateLimit(100_000, 1_000_000)),
             ranking=RealRedis(store),  # type: ignore[arg-type]
             ledger=None,  # type: ignore[arg-type]
             postgres=None,  # type: ignore[arg-type]

@@ -84,14 +84,22 @@ async def test_an_idle_ledger_commits_at_once(mock_clock: MockClock) -> None:
         nursery.cancel_scope.cancel()
 
 
+async def first_in_flight(
+    nursery: trio.Nursery, postgres: HeldPostgres, answers: dict[str, Any]
+) -> LedgerClient:
+    """A ledger with the submission "first" in PostgreSQL's hands, held there."""
+    client = await start_ledger(nursery, postgres)
+    await submit_all(nursery, client, ["first"], answers)
+    await wait_all_tasks_blocked()
+    assert postgres.batches == [["first"]]
+    return client
+
+
 async def test_submissions_gather_behind_a_commit_in_flight(mock_clock: MockClock) -> None:
     postgres = HeldPostgres()
     answers: dict[str, Any] = {}
     async with trio.open_nursery() as nursery:
-        client = await start_ledger(nursery, postgres)
-        await submit_all(nursery, client, ["first"], answers)
-        await wait_all_tasks_blocked()
-        assert postgres.batches == [["first"]]
+        client = await first_in_flight(nursery, postgres, answers)
         # While "first" commits, five more come in one by one.
         later = [f"n{i}" for i in range(5)]
         for nonce in later:
@@ -114,9 +122,7 @@ async def test_a_gathered_batch_goes_as_soon_as_the_commit_before_it_is_done(
     postgres = HeldPostgres()
     answers: dict[str, Any] = {}
     async with trio.open_nursery() as nursery:
-        client = await start_ledger(nursery, postgres)
-        await submit_all(nursery, client, ["first"], answers)
-        await wait_all_tasks_blocked()
+        client = await first_in_flight(nursery, postgres, answers)
         await submit_all(nursery, client, ["second", "third"], answers)
         await wait_all_tasks_blocked()
         assert postgres.batches == [["first"]]

@@ -215,9 +215,10 @@ async def test_trio_websocket_pings_and_close_never_split_a_frame() -> None:
         assert max(behind) > 0, "no ping was queued behind data frames"
 
 
-async def raw_handshake(client: trio.SocketStream) -> bytes:
-    """Send the opening handshake; the server's response head, and what came after it."""
-    await client.send_all(HANDSHAKE)
+async def raw_handshake(client: trio.SocketStream, extra: bytes = b"") -> bytes:
+    """Send the opening handshake (``extra`` right behind the request, before the
+    response); what came after the server's response head."""
+    await client.send_all(HANDSHAKE + extra)
     response = b""
     while b"\r\n\r\n" not in response:
         response += await client.receive_some(4096)
@@ -225,6 +226,26 @@ async def raw_handshake(client: trio.SocketStream) -> bytes:
     assert head.startswith(b"HTTP/1.1 101 ")
     assert b"sec-websocket-extensions" not in head.lower()
     return rest
+
+
+@asynccontextmanager
+async def raw_client_pair(
+    *, before_response: bytes = b"", small: bool = False
+) -> AsyncIterator[tuple[WsTransport, WebSocketConnection, trio.SocketStream]]:
+    """A trio-websocket server on a WsTransport, and a raw TCP client that did the
+    handshake (sending ``before_response`` right behind its request)."""
+    async with tcp_pair(small=small) as (server_stream, client), trio.open_nursery() as nursery:
+        transport = WsTransport(server_stream, max_frames=16, max_message_bytes=MAX_MESSAGE)
+
+        async def serve(*, task_status: trio.TaskStatus[WebSocketConnection]) -> None:
+            request = await wrap_server_stream(nursery, transport)
+            task_status.started(await request.accept())
+
+        async with trio.open_nursery() as handshake:
+            handshake.start_soon(raw_handshake, client, before_response)
+            server: WebSocketConnection = await handshake.start(serve)
+        yield transport, server, client
+        nursery.cancel_scope.cancel()
 
 
 async def read_to_eof(client: trio.SocketStream, pending: bytes) -> list[tuple[int, bytes]]:
@@ -244,16 +265,10 @@ async def read_to_eof(client: trio.SocketStream, pending: bytes) -> list[tuple[i
 
 @pytest.mark.parametrize("discard", [False, True])
 async def test_no_data_frame_follows_the_close_frame(discard: bool) -> None:
-    async with tcp_pair() as (server_stream, client), trio.open_nursery() as nursery:
-        transport = WsTransport(server_stream, max_frames=16, max_message_bytes=MAX_MESSAGE)
-
-        async def serve(*, task_status: trio.TaskStatus[WebSocketConnection]) -> None:
-            request = await wrap_server_stream(nursery, transport)
-            task_status.started(await request.accept())
-
-        async with trio.open_nursery() as handshake:
-            handshake.start_soon(raw_handshake, client)
-            server: WebSocketConnection = await handshake.start(serve)
+    async with (
+        raw_client_pair(small=True) as (transport, server, client),
+        trio.open_nursery() as nursery,
+    ):
         # The client reads nothing yet: frames pile up in the queue.
         sent = await fill(transport, [9000] * 100)
         assert transport.statistics().queued == 16
@@ -372,33 +387,6 @@ class Sink:
         self.got.append(message)
         if len(self.got) >= self.count:
             self.full.set()
-
-
-@asynccontextmanager
-async def raw_client_pair(
-    *, before_response: bytes = b""
-) -> AsyncIterator[tuple[WsTransport, WebSocketConnection, trio.SocketStream]]:
-    """A trio-websocket server on a WsTransport, and a raw TCP client that did the
-    handshake (sending ``before_response`` right behind its request)."""
-    async with tcp_pair(small=False) as (server_stream, client), trio.open_nursery() as nursery:
-        transport = WsTransport(server_stream, max_frames=16, max_message_bytes=MAX_MESSAGE)
-
-        async def serve(*, task_status: trio.TaskStatus[WebSocketConnection]) -> None:
-            request = await wrap_server_stream(nursery, transport)
-            task_status.started(await request.accept())
-
-        async def handshake_then(extra: bytes) -> None:
-            await client.send_all(HANDSHAKE + extra)
-            response = b""
-            while b"\r\n\r\n" not in response:
-                response += await client.receive_some(4096)
-            assert response.startswith(b"HTTP/1.1 101 ")
-
-        async with trio.open_nursery() as handshake:
-            handshake.start_soon(handshake_then, before_response)
-            server: WebSocketConnection = await handshake.start(serve)
-        yield transport, server, client
-        nursery.cancel_scope.cancel()
 
 
 async def test_client_messages_go_to_the_sink_and_pings_still_get_pongs() -> None:

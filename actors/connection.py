@@ -46,7 +46,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
@@ -56,6 +56,7 @@ from trio_websocket import ConnectionClosed
 
 from actors.fanout import FanoutActor, Watcher
 from protocol.errors import PodiumError
+from protocol.frames import MessageSink
 from protocol.jwt_keys import AccessClaims
 from protocol.leaderboards import Board
 from protocol.messages import (
@@ -127,7 +128,7 @@ class FrameWriter(Protocol):
 
     def write_nowait(self, frame: bytes) -> bool: ...
 
-    def deliver_to(self, sink: Callable[[str | bytes], Awaitable[None]] | None) -> None: ...
+    def deliver_to(self, sink: MessageSink | None) -> None: ...
 
     async def run_flusher(self) -> None: ...
 

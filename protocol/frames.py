@@ -28,6 +28,7 @@ header, the mask and ``max_payload`` bytes).
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Final
 
 OP_TEXT: Final = 0x1
@@ -43,6 +44,9 @@ _WHOLE_TEXT: Final = _FIN | OP_TEXT
 _WHOLE_BINARY: Final = _FIN | OP_BINARY
 _WHOLE_CONTROL: Final = frozenset((_FIN | OP_PING, _FIN | OP_PONG))
 _MASKED: Final = 0x80
+
+#: Takes one whole message split off the stream (text as str, binary as bytes).
+MessageSink = Callable[[str | bytes], Awaitable[None]]
 
 
 def mask(payload: bytes, key: bytes) -> bytes:

@@ -57,14 +57,14 @@ from __future__ import annotations
 import contextlib
 import os
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import islice
 from typing import Final
 
 import trio
 
-from protocol.frames import ClientFrameSplitter
+from protocol.frames import ClientFrameSplitter, MessageSink
 
 _CLOSE_OPCODE: Final = 0x8
 _UPGRADED: Final = b"HTTP/1.1 101 "
@@ -75,9 +75,6 @@ _HEAD_END: Final = b"\r\n\r\n"
 _RECEIVE_BYTES: Final = 65536
 #: The most bytes of the opening handshake request kept to find where it ends.
 _MAX_HANDSHAKE_BYTES: Final = 65536
-
-#: Takes one whole data message off the fast path (text as str, binary as bytes).
-MessageSink = Callable[[str | bytes], Awaitable[None]]
 
 
 class _Control(bytes):

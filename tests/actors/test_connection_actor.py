@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -26,6 +26,7 @@ import trio.testing
 from actors.connection import FLOOD_LIMIT, ConnectionActor, ConnectionContext
 from config import Settings
 from protocol.errors import Unavailable
+from protocol.frames import MessageSink
 from protocol.messages import CloseCode
 
 
@@ -56,7 +57,7 @@ class Frames:
     def discard_queued(self) -> None:
         pass
 
-    def deliver_to(self, sink: Callable[[str | bytes], Awaitable[None]] | None) -> None:
+    def deliver_to(self, sink: MessageSink | None) -> None:
         self.sink = sink
 
 
